@@ -1,0 +1,228 @@
+"""The workflow as users run it: parse-time checks, dry-runs of the real run, the SLURM
+profile, lint, and the end-to-end demo (DAG to report, then nothing to do)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import time
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, run_snakemake, snakemake_env
+
+
+def job_counts(stdout: str) -> dict[str, int]:
+    """Parse Snakemake's 'Job stats' table into {rule: count}."""
+    counts: dict[str, int] = {}
+    in_table = False
+    for line in stdout.splitlines():
+        if line.startswith("Job stats:"):
+            in_table = True
+            continue
+        if in_table:
+            m = re.match(r"^(\S+)\s+(\d+)\s*$", line.strip())
+            if m and m.group(1) != "total":
+                counts[m.group(1)] = int(m.group(2))
+            elif line.strip().startswith("total"):
+                break
+    return counts
+
+
+def write_config(tmp_path: Path, base: str, **overrides) -> Path:
+    cfg = yaml.safe_load((REPO / "config" / base).read_text())
+    for key, value in overrides.items():
+        section, _, sub = key.partition("__")
+        if sub:
+            cfg.setdefault(section, {})[sub] = value
+        else:
+            cfg[section] = value
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+# --------------------------------------------------------------------------- parse time
+
+
+def test_real_download_dry_run_plans_577_samples_offline(tmp_path):
+    start = time.monotonic()
+    proc = run_snakemake(
+        ["download", "-n", "--cores", "2", "--configfile", str(REPO / "config/config.yaml")],
+        tmp_path,
+    )
+    elapsed = time.monotonic() - start
+    counts = job_counts(proc.stdout)
+    assert counts.get("download_sample") == 577, counts
+    assert elapsed < 30, f"dry-run took {elapsed:.1f}s"
+
+
+def test_config_typo_fails_at_parse_time_naming_the_key(tmp_path):
+    cfg = write_config(tmp_path, "demo.yaml", tile__min_tisue_fraction=0.2)
+    proc = run_snakemake(["-n", "--configfile", str(cfg)], tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "min_tisue_fraction" in proc.stderr + proc.stdout
+
+
+def test_config_wrong_type_fails_naming_the_key(tmp_path):
+    cfg = write_config(tmp_path, "demo.yaml", vocab__n_top_genes="many")
+    proc = run_snakemake(["-n", "--configfile", str(cfg)], tmp_path, check=False)
+    assert proc.returncode != 0
+    out = proc.stderr + proc.stdout
+    assert "n_top_genes" in out and "many" in out
+
+
+def test_unknown_bench_task_is_named(tmp_path):
+    cfg = write_config(tmp_path, "demo.yaml", bench_data__tasks=["NOPE"])
+    proc = run_snakemake(["-n", "--configfile", str(cfg)], tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "NOPE" in proc.stderr + proc.stdout
+
+
+def test_slurm_profile_plans_full_real_run_with_profile_gpu_resources(tmp_path):
+    profile = yaml.safe_load((REPO / "workflow/profiles/slurm/config.yaml").read_text())
+    # A copy of the profile without the cluster-only executor, so the dry-run needs no sbatch.
+    local_profile = tmp_path / "profile"
+    local_profile.mkdir()
+    prof = dict(profile)
+    assert prof.pop("executor") == "slurm"
+    assert "--gres" not in str(prof.get("default-resources", "")) + str(prof["set-resources"])
+    (local_profile / "config.yaml").write_text(yaml.safe_dump(prof))
+    proc = run_snakemake(
+        [
+            "-n",
+            "--profile",
+            str(local_profile),
+            "--configfile",
+            str(REPO / "config/config.yaml"),
+            "--printshellcmds",
+        ],
+        tmp_path,
+    )
+    counts = job_counts(proc.stdout)
+    assert counts["tile_sample"] == 577
+    assert counts["download_sample"] == 577
+    assert counts["train_run"] == 1
+    assert counts["embed"] == counts["probe"] == 2 * 10  # base + mint on ten tasks
+    assert counts.get("eva_fit", 0) >= 2 * 8
+    # The GPU count the profile gives training is what torchrun starts.
+    gpus = profile["set-resources"]["train_run"]["gpu"]
+    assert f"--nproc-per-node={gpus}" in proc.stdout
+    # Resources printed for the training job follow the profile.
+    block = proc.stdout[proc.stdout.index("rule train_run:") :]
+    block = block[: block.index("\n\n")]
+    assert re.search(rf"\bgpu={gpus}\b", block), block
+    assert "gpu_model=a100" in block
+
+
+@pytest.mark.skipif(shutil.which("sbatch") is not None, reason="a real cluster: don't submit")
+def test_slurm_profile_loads_with_the_slurm_executor(tmp_path):
+    """The profile as shipped (executor: slurm) parses and plans; -n submits nothing."""
+    proc = run_snakemake(
+        [
+            "train",
+            "-n",
+            "--profile",
+            str(REPO / "workflow/profiles/slurm"),
+            "--configfile",
+            str(REPO / "config/config.yaml"),
+        ],
+        tmp_path,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert job_counts(proc.stdout).get("train_run") == 1
+
+
+def test_snakemake_lint_is_clean(tmp_path):
+    proc = run_snakemake(
+        ["--lint", "--configfile", str(REPO / "config/demo.yaml")], tmp_path, check=False
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Lints for" not in proc.stdout, proc.stdout
+
+
+def test_snakefmt_check():
+    snakefmt = Path(sys.executable).parent / "snakefmt"
+    proc = subprocess.run(
+        [str(snakefmt), "--check", "Snakefile", "workflow/rules"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=snakemake_env(),
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+class _PageParser(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tables = 0
+        self.images: list[str] = []
+        self.sections: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "table":
+            self.tables += 1
+        elif tag == "img":
+            self.images.append(attrs.get("src", ""))
+        elif tag == "section":
+            self.sections.append(attrs.get("id", ""))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+@pytest.mark.slow
+def test_demo_runs_to_a_self_contained_report(demo_run):
+    page = (demo_run / "results/report/index.html").read_text()
+    parser = _PageParser()
+    parser.feed(page)
+    assert {"hest-bench", "eva", "training", "samples", "examples"} <= set(parser.sections)
+    assert parser.tables >= 6
+    assert len(parser.images) >= 5
+    for src in parser.images:
+        # Self-contained: every image is embedded, nothing is fetched.
+        assert src.startswith("data:image/png;base64,") and len(src) > 1000
+    text = " ".join(parser.text)
+    assert "tiny-vit" in text and "mint" in text
+    assert "http://" not in page and "https://" not in page
+    figures = sorted(p.name for p in (demo_run / "results/report/figures").glob("*.png"))
+    assert "hest_bench.png" in figures and "eva.png" in figures
+
+
+@pytest.mark.slow
+def test_second_demo_run_has_nothing_to_do(demo_run):
+    proc = run_snakemake(
+        ["-n", "--cores", "2", "--configfile", str(REPO / "config/demo.yaml")], demo_run
+    )
+    assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout
+
+
+@pytest.mark.slow
+def test_changing_a_training_hyperparameter_reruns_training_and_evaluation_only(
+    demo_run, tmp_path
+):
+    cfg = yaml.safe_load((REPO / "config/demo.yaml").read_text())
+    cfg["train"]["defaults"]["lr"] = 1.0e-4
+    path = tmp_path / "changed.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = run_snakemake(["-n", "--cores", "2", "--configfile", str(path)], demo_run)
+    counts = job_counts(proc.stdout)
+    assert counts.get("train_run") == 1
+    upstream = {"download_sample", "tile_sample", "vocab", "shards", "select", "synth_metadata"}
+    assert not upstream & set(counts), counts
+    # The base model's evaluations do not depend on training and must not rerun.
+    assert counts.get("embed") == len(
+        [t for t in (demo_run / "resources/hest-bench").iterdir() if t.is_dir()]
+    )

@@ -1,0 +1,155 @@
+# Helpers shared by every stage: resolving paths against the workflow, the sample list,
+# the benchmark tasks and the model keys. Nothing here touches the network or globs large
+# folders: on SLURM every job re-parses the Snakefile.
+import json
+import re
+from pathlib import Path
+
+from mint.hest.bench import bench_tasks
+from mint.hest.metadata import read_metadata
+from mint.hest.select import SelectionConfig, select_samples
+from mint.synth.hest import synthetic_metadata
+
+WORKFLOW_DIR = Path(workflow.basedir)
+ENV = "../../envs/mint.yaml"
+HEST = "resources/hest"
+BENCH = "resources/hest-bench"
+
+
+def project_path(path):
+    """A config path relative to the workflow folder (project files), absolute paths unchanged."""
+    p = Path(path)
+    return str(p if p.is_absolute() else WORKFLOW_DIR / p)
+
+
+# ---------------------------------------------------------------- metadata and samples
+SOURCE = config["hest"]["source"]
+SYNTH = config["synthetic"]
+SYNTH_ARGS = (
+    f"--seed {SYNTH['seed']} --n-visium {SYNTH['n_visium']} --n-st {SYNTH['n_st']} "
+    f"--n-xenium {SYNTH['n_xenium']} --slide-size-um {SYNTH['slide_size_um']} "
+    f"--n-genes {SYNTH['n_genes']}"
+)
+
+if SOURCE == "synthetic":
+    METADATA_CSV = f"{HEST}/HEST_metadata.csv"
+    METADATA = synthetic_metadata(
+        seed=SYNTH["seed"],
+        n_visium=SYNTH["n_visium"],
+        n_st=SYNTH["n_st"],
+        n_xenium=SYNTH["n_xenium"],
+        slide_size_um=SYNTH["slide_size_um"],
+        n_genes=SYNTH["n_genes"],
+    )
+else:
+    METADATA_CSV = project_path(config["hest"]["metadata_csv"])
+    METADATA = read_metadata(METADATA_CSV)
+
+SEL = config["select"]
+SELECTION_CONFIG = SelectionConfig.from_dict(SEL)
+SAMPLES = list(select_samples(METADATA, SELECTION_CONFIG, SOURCE).samples["id"])
+if not SAMPLES:
+    raise ValueError("config 'select': no HEST sample passes the filters")
+
+
+def selection_args():
+    """The `mint select` flags that reproduce SELECTION_CONFIG (same function, same result)."""
+    args = []
+    for flag, key in [
+        ("--species", "species"),
+        ("--technologies", "technologies"),
+        ("--organs", "organs"),
+        ("--include", "include"),
+        ("--exclude", "exclude"),
+    ]:
+        if SEL[key]:
+            args.append(flag + " " + " ".join(f"'{v}'" for v in SEL[key]))
+    if not SEL["exclude_bench"]:
+        args.append("--no-exclude-bench")
+    if SEL["exclude_leakage"]:
+        args.append("--exclude-leakage")
+    if SEL["max_samples"]:
+        args.append(f"--max-samples {SEL['max_samples']}")
+    return " ".join(args)
+
+
+# ---------------------------------------------------------------- benchmark tasks
+BENCH_SOURCE = config["bench_data"]["source"]
+ALL_BENCH_TASKS = bench_tasks(BENCH_SOURCE)
+BENCH_TASKS = config["bench_data"]["tasks"] or list(ALL_BENCH_TASKS)
+for _task in BENCH_TASKS:
+    if _task not in ALL_BENCH_TASKS:
+        raise ValueError(
+            f"config 'bench_data.tasks': unknown task {_task!r} for source {BENCH_SOURCE!r}; "
+            f"known: {', '.join(ALL_BENCH_TASKS)}"
+        )
+
+# ---------------------------------------------------------------- models
+RUNS = dict(config["train"]["runs"])
+
+
+def model_key(spec):
+    """A file-system-safe key for a backbone spec such as `timm:vit_base@/ckpt/w.safetensors`."""
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", spec).strip("_")
+
+
+BASE_KEY = model_key(config["base_model"])
+MODEL_SPECS = {BASE_KEY: config["base_model"]}
+for _spec in config["extra_models"]:
+    MODEL_SPECS[model_key(_spec)] = _spec
+for _run in RUNS:
+    if _run in MODEL_SPECS:
+        raise ValueError(f"config 'train.runs': run name {_run!r} clashes with a backbone name")
+    MODEL_SPECS[_run] = f"results/models/{_run}"
+MODELS = list(MODEL_SPECS)
+
+
+def model_spec(wildcards):
+    return MODEL_SPECS[wildcards.model]
+
+
+def model_files(wildcards):
+    """Inputs that make a trained model a dependency of its evaluations; none for backbones."""
+    if wildcards.model in RUNS:
+        return [
+            f"results/models/{wildcards.model}/model.safetensors",
+            f"results/models/{wildcards.model}/config.json",
+        ]
+    return []
+
+
+def train_params(run):
+    """Everything `mint train` needs for one run, as one JSON string (a change reruns the run)."""
+    params = dict(config["train"]["defaults"])
+    params.update(RUNS[run] or {})
+    params.setdefault("backbone", config["base_model"])
+    return json.dumps(params, sort_keys=True)
+
+
+def torch_launcher(gpus, nodes=1):
+    """`mint` for one process; torchrun for several GPUs; srun + torchrun across nodes."""
+    if gpus <= 1 and nodes <= 1:
+        return "mint"
+    if nodes > 1:
+        return (
+            f"srun --ntasks-per-node=1 torchrun --nnodes={nodes} --nproc-per-node={gpus} "
+            '--rdzv-backend=c10d --rdzv-endpoint="$(scontrol show hostnames "$SLURM_JOB_NODELIST" '
+            '| head -n1):29500" --rdzv-id="$SLURM_JOB_ID" -m mint.cli'
+        )
+    return f"torchrun --standalone --nproc-per-node={gpus} -m mint.cli"
+
+
+def gpu_resources(n):
+    """Declare `gpu` only for GPU jobs: locally it is a counter, on SLURM it becomes --gpus."""
+    return {"gpu": n} if n > 0 else {}
+
+
+def one_of(names):
+    return "|".join(re.escape(n) for n in names)
+
+
+wildcard_constraints:
+    sample=one_of(METADATA["id"]),
+    task=one_of(ALL_BENCH_TASKS),
+    run=one_of(RUNS),
+    model=one_of(MODELS),

@@ -1,0 +1,1 @@
+# Stage `eva`: placeholder until the eva rules land.

@@ -1,0 +1,21 @@
+# Stage `select`: the training samples and the leakage report. The DAG already knows the list
+# (common.smk runs the same selection at parse time); this rule records it for the user and
+# the report, with counts by technology printed to the log.
+
+
+rule select:
+    input:
+        METADATA_CSV,
+    output:
+        samples="results/samples.tsv",
+        leakage="results/leakage.tsv",
+    log:
+        "logs/select.log",
+    params:
+        source=SOURCE,
+        filters=selection_args(),
+    conda:
+        ENV
+    shell:
+        "mint select --metadata {input} --out {output.samples} --leakage-out {output.leakage} "
+        "--source {params.source} {params.filters} 2> {log}"

@@ -1,0 +1,55 @@
+# Stages `vocab` and `shards`: shared gene vocabularies, then globally shuffled WebDataset
+# shards with the per-gene statistics that training standardises with.
+
+SHARDS = config["shards"]
+
+
+rule vocab:
+    input:
+        tiles=expand("results/tiles/{sample}.h5", sample=SAMPLES),
+        bench=expand(f"{BENCH}/{{task}}", task=BENCH_TASKS),
+    output:
+        visium="results/genes/visium.txt",
+        xenium="results/genes/xenium.txt",
+    log:
+        "logs/vocab.log",
+    params:
+        n_top=config["vocab"]["n_top_genes"],
+        tasks=" ".join(BENCH_TASKS),
+    threads: 1
+    resources:
+        mem_mb=16000,
+        runtime=120,
+    conda:
+        ENV
+    shell:
+        "mint vocab --tiles {input.tiles} --bench-dir {BENCH} --bench-tasks {params.tasks} "
+        "--n-top-genes {params.n_top} --out-dir results/genes 2> {log}"
+
+
+rule shards:
+    input:
+        tiles=expand("results/tiles/{sample}.h5", sample=SAMPLES),
+        visium="results/genes/visium.txt",
+        xenium="results/genes/xenium.txt",
+    output:
+        directory("results/shards"),
+    log:
+        "logs/shards.log",
+    benchmark:
+        "benchmarks/out/shards.tsv"
+    params:
+        opts=(
+            f"--samples-per-shard {SHARDS['samples_per_shard']} "
+            f"--val-fraction {SHARDS['val_fraction']} --seed {SHARDS['seed']} "
+            f"--jpeg-quality {SHARDS['jpeg_quality']}"
+        ),
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=720,
+    conda:
+        ENV
+    shell:
+        "mint shards --tiles {input.tiles} --vocab-dir results/genes --out-dir {output} "
+        "{params.opts} 2> {log}"

@@ -1,0 +1,43 @@
+# Stage `tile`: each selected sample becomes results/tiles/{sample}.h5 (HEST patch layout plus
+# expression targets). One job per sample, so slides are tiled in parallel across nodes.
+
+TILE = config["tile"]
+
+
+def tile_output(path):
+    """Tiles are disposable once shards exist when shards.temp is set (saves disk on real runs)."""
+    return temp(path) if config["shards"]["temp"] else path
+
+
+rule tile_sample:
+    input:
+        wsi=f"{HEST}/wsis/{{sample}}.tif",
+        st=f"{HEST}/st/{{sample}}.h5ad",
+        meta=f"{HEST}/metadata/{{sample}}.json",
+        metadata=METADATA_CSV,
+    output:
+        tile_output("results/tiles/{sample}.h5"),
+    log:
+        "logs/tile/{sample}.log",
+    benchmark:
+        "benchmarks/out/tile/{sample}.tsv"
+    params:
+        opts=(
+            f"--patch-size {TILE['patch_size_px']} --pixel-size {TILE['pixel_size_um']} "
+            f"--min-tissue {TILE['min_tissue_fraction']} --xenium-target {TILE['xenium_target']} "
+            f"--min-qv {TILE['min_qv']}" + ("" if TILE["drop_controls"] else " --keep-controls")
+        ),
+    threads: TILE["threads"]
+    resources:
+        mem_mb=lambda wc, attempt: TILE["mem_mb"] * attempt,
+        runtime=lambda wc, attempt: 120 * attempt,
+    conda:
+        ENV
+    shell:
+        "mint tile --sample {wildcards.sample} --hest-dir {HEST} --metadata {input.metadata} "
+        "--out {output} {params.opts} --threads {threads} 2> {log}"
+
+
+rule tile:
+    input:
+        expand("results/tiles/{sample}.h5", sample=SAMPLES),

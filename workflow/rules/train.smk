@@ -1,0 +1,38 @@
+# Stage `train`: one MINT fine-tuning run per entry of train.runs. A GPU rule: the number of
+# GPUs (and nodes) comes from config and starts torchrun; training resumes from the latest
+# checkpoint in results/models/{run}/checkpoints when a preempted job is requeued.
+
+TRAIN = config["train"]
+
+
+rule train_run:
+    input:
+        "results/shards",
+    output:
+        model="results/models/{run}/model.safetensors",
+        config="results/models/{run}/config.json",
+        metrics="results/models/{run}/metrics.csv",
+    log:
+        "logs/train/{run}.log",
+    benchmark:
+        "benchmarks/out/train/{run}.tsv"
+    params:
+        hp=lambda wc: train_params(wc.run),
+        # torchrun's process count follows the GPUs the job actually gets (profile may override)
+        launcher=lambda wc, resources: torch_launcher(resources.gpu, resources.nodes),
+    threads: TRAIN["threads"]
+    resources:
+        mem_mb=TRAIN["mem_mb"],
+        runtime=TRAIN["runtime"],
+        gpu=TRAIN["gpus"],
+        nodes=TRAIN["nodes"],
+    conda:
+        ENV
+    shell:
+        "{params.launcher} train --index {input}/index.json "
+        "--out-dir results/models/{wildcards.run} --params '{params.hp}' 2> {log}"
+
+
+rule train:
+    input:
+        expand("results/models/{run}/model.safetensors", run=RUNS),
