@@ -1,0 +1,417 @@
+"""Download of HEST samples and HEST-Bench tasks: hub (mocked at its boundary), local, synthetic."""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import zipfile
+from pathlib import Path
+
+import huggingface_hub
+import pandas as pd
+import pytest
+
+from mint.cli import main
+from mint.errors import MintError
+from mint.hest import download, download_bench
+from mint.synth.hest import synthetic_metadata, write_metadata_csv
+
+TOKEN = "hf_secret_token_for_tests_only"
+
+# what the hub repository holds (relative paths), for the fake snapshot_download
+HUB_FILES = [
+    "wsis/TENX95.tif",
+    "wsis/TENX9.tif",
+    "st/TENX95.h5ad",
+    "metadata/TENX95.json",
+    "tissue_seg/TENX95_contours.geojson",
+    "tissue_seg/TENX95_vis.jpg",
+    "transcripts/TENX95_transcripts.parquet",
+    "xenium_seg/TENX95_xenium_cell_seg.parquet",
+    "xenium_seg/TENX95_xenium_nucleus_seg.parquet",
+    "cellvit_seg/TENX95_cellvit_seg.zip",
+    "patches/TENX95.h5",
+    "wsis/MEND139.tif",
+    "st/MEND139.h5ad",
+    "metadata/MEND139.json",
+    "tissue_seg/MEND139_contours.geojson",
+]
+
+
+class FakeHub:
+    """Stands in for huggingface_hub.snapshot_download: records calls, writes matching files."""
+
+    def __init__(
+        self, files=HUB_FILES, fail_times: int = 0, exc: Exception | None = None, empty=()
+    ):
+        self.files, self.fail_times, self.exc, self.empty = files, fail_times, exc, set(empty)
+        self.calls: list[dict] = []
+
+    def __call__(self, **kw):
+        self.calls.append(kw)
+        if len(self.calls) <= self.fail_times:
+            raise self.exc or ConnectionError("network down")
+        out = Path(kw["local_dir"])
+        for rel in self.files:
+            if any(fnmatch.fnmatch(rel, p) for p in kw["allow_patterns"]):
+                (out / rel).parent.mkdir(parents=True, exist_ok=True)
+                (out / rel).write_bytes(b"" if rel in self.empty else b"data")
+        return str(out)
+
+
+@pytest.fixture
+def meta_csv(tmp_path):
+    df = pd.DataFrame(
+        {
+            "id": ["TENX95", "MEND139"],
+            "st_technology": ["Xenium", "Visium"],
+            "species": ["Homo sapiens"] * 2,
+            "organ": ["Breast", "Prostate"],
+            "oncotree_code": ["IDC", "PRAD"],
+            "patient": ["patient 2", None],
+            "dataset_title": ["a", "b"],
+            "pixel_size_um_estimated": [0.2125, 0.5],
+        }
+    )
+    p = tmp_path / "meta.csv"
+    df.to_csv(p, index=False, encoding="utf-8-sig")
+    return p
+
+
+@pytest.fixture(autouse=True)
+def no_sleep(monkeypatch):
+    slept = []
+    monkeypatch.setattr(download, "_sleep", slept.append)
+    monkeypatch.setattr(download_bench, "_sleep", slept.append)
+    return slept
+
+
+def test_hub_xenium_exact_call(monkeypatch, tmp_path, meta_csv, caplog):
+    fake = FakeHub()
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    out = tmp_path / "resources" / "hest"
+    caplog.set_level(logging.DEBUG)
+    rc = main(
+        [
+            "download",
+            "--source",
+            "hub",
+            "--sample",
+            "TENX95",
+            "--out-dir",
+            str(out),
+            "--metadata",
+            str(meta_csv),
+        ]
+    )
+    assert rc == 0
+    assert len(fake.calls) == 1
+    kw = fake.calls[0]
+    assert kw == {
+        "repo_id": "MahmoodLab/hest",
+        "repo_type": "dataset",
+        "local_dir": str(out),
+        "allow_patterns": [
+            "wsis/TENX95.tif",
+            "st/TENX95.h5ad",
+            "metadata/TENX95.json",
+            "tissue_seg/TENX95_*",
+            "transcripts/TENX95_*",
+            "xenium_seg/TENX95_*",
+        ],
+        "token": TOKEN,
+    }
+    assert (out / "transcripts" / "TENX95_transcripts.parquet").exists()
+    assert not (out / "wsis" / "TENX9.tif").exists()  # other samples untouched
+    assert (
+        not (out / "cellvit_seg").exists() and not (out / "patches").exists()
+    )  # big extras skipped
+    assert TOKEN not in caplog.text
+
+
+def test_hub_visium_patterns_and_no_token(monkeypatch, tmp_path, meta_csv):
+    fake = FakeHub()
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HUGGING_FACE_HUB_TOKEN", "not_this_one")
+    files = download.download_hub("MEND139", "Visium", tmp_path, repo_id="me/mirror")
+    kw = fake.calls[0]
+    assert kw["repo_id"] == "me/mirror" and kw["token"] is None
+    assert kw["allow_patterns"] == [
+        "wsis/MEND139.tif",
+        "st/MEND139.h5ad",
+        "metadata/MEND139.json",
+        "tissue_seg/MEND139_*",
+    ]
+    assert {f.name for f in files} == {
+        "MEND139.tif",
+        "MEND139.h5ad",
+        "MEND139.json",
+        "MEND139_contours.geojson",
+    }
+
+
+def test_hub_retries_then_succeeds(monkeypatch, tmp_path, no_sleep):
+    fake = FakeHub(fail_times=2)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
+    download.download_hub("MEND139", "Visium", tmp_path, retries=3, backoff_s=1.0)
+    assert len(fake.calls) == 3 and no_sleep == [1.0, 2.0]
+
+
+def test_hub_missing_or_empty_file_names_sample_and_file(monkeypatch, tmp_path):
+    fake = FakeHub(files=[f for f in HUB_FILES if f != "st/TENX95.h5ad"])
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
+    with pytest.raises(MintError, match=r"TENX95 .*st/TENX95\.h5ad"):
+        download.download_hub("TENX95", "Xenium", tmp_path, retries=2)
+    assert len(fake.calls) == 2
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", FakeHub(empty={"wsis/MEND139.tif"}))
+    with pytest.raises(MintError, match=r"MEND139 .*MEND139\.tif: downloaded file is empty"):
+        download.download_hub("MEND139", "Visium", tmp_path / "b", retries=1)
+
+
+def test_hub_no_access_is_not_retried(monkeypatch, tmp_path):
+    class GatedRepoError(Exception):
+        pass
+
+    fake = FakeHub(fail_times=5, exc=GatedRepoError("401"))
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
+    with pytest.raises(MintError, match="HF_TOKEN"):
+        download.download_hub("MEND139", "Visium", tmp_path, retries=4)
+    assert len(fake.calls) == 1
+
+
+def _local_hest(root: Path) -> Path:
+    for rel in HUB_FILES:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"content of " + rel.encode())
+    return root
+
+
+def test_local_links_and_copies(tmp_path, meta_csv):
+    src = _local_hest(tmp_path / "HEST")
+    out = tmp_path / "out"
+    rc = main(
+        [
+            "download",
+            "--source",
+            "local",
+            "--sample",
+            "TENX95",
+            "--local-dir",
+            str(src),
+            "--out-dir",
+            str(out),
+            "--metadata",
+            str(meta_csv),
+        ]
+    )
+    assert rc == 0
+    tif = out / "wsis" / "TENX95.tif"
+    assert tif.is_symlink() and tif.resolve() == (src / "wsis" / "TENX95.tif").resolve()
+    assert (out / "xenium_seg" / "TENX95_xenium_cell_seg.parquet").is_symlink()
+    assert (out / "transcripts" / "TENX95_transcripts.parquet").read_bytes().startswith(b"content")
+    # rerun is idempotent; --copy gives real files
+    download.download_local("TENX95", "Xenium", src, out)
+    download.download_local("MEND139", "Visium", src, out / "c", copy=True)
+    assert not (out / "c" / "st" / "MEND139.h5ad").is_symlink()
+    assert (out / "c" / "st" / "MEND139.h5ad").read_bytes() == b"content of st/MEND139.h5ad"
+
+
+def test_local_missing_file(tmp_path, meta_csv, capsys):
+    src = _local_hest(tmp_path / "HEST")
+    (src / "st" / "MEND139.h5ad").unlink()
+    rc = main(
+        [
+            "download",
+            "--source",
+            "local",
+            "--sample",
+            "MEND139",
+            "--local-dir",
+            str(src),
+            "--out-dir",
+            str(tmp_path / "o"),
+            "--metadata",
+            str(meta_csv),
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "MEND139" in err and "st/MEND139.h5ad" in err and len(err.splitlines()) == 1
+
+
+def test_unknown_sample_is_one_line(tmp_path, meta_csv, capsys):
+    rc = main(
+        [
+            "download",
+            "--source",
+            "hub",
+            "--sample",
+            "TENX999",
+            "--out-dir",
+            str(tmp_path),
+            "--metadata",
+            str(meta_csv),
+        ]
+    )
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "TENX999" in err and str(meta_csv) in err and len(err.splitlines()) == 1
+
+
+def test_synthetic_download(tmp_path):
+    sizes = [
+        "--seed",
+        "1",
+        "--n-visium",
+        "1",
+        "--n-st",
+        "1",
+        "--n-xenium",
+        "1",
+        "--slide-size-um",
+        "400",
+        "--n-genes",
+        "80",
+    ]
+    meta = write_metadata_csv(
+        tmp_path / "HEST_metadata.csv", synthetic_metadata(1, 1, 1, 1, 400, 80)
+    )
+    rc = main(
+        [
+            "download",
+            "--source",
+            "synthetic",
+            "--sample",
+            "SYNX000",
+            "--out-dir",
+            str(tmp_path / "hest"),
+            "--metadata",
+            str(meta),
+            *sizes,
+        ]
+    )
+    assert rc == 0
+    for rel in [
+        "wsis/SYNX000.tif",
+        "st/SYNX000.h5ad",
+        "metadata/SYNX000.json",
+        "tissue_seg/SYNX000_contours.geojson",
+        "transcripts/SYNX000_transcripts.parquet",
+        "xenium_seg/SYNX000_xenium_cell_seg.parquet",
+    ]:
+        assert (tmp_path / "hest" / rel).stat().st_size > 0, rel
+
+
+# --------------------------------------------------------------------------- bench
+def _bench_files(task: str, zipped: bool) -> dict[str, bytes]:
+    files = {
+        f"{task}/var_50genes.json": b'{"genes": ["A"]}',
+        f"{task}/adata/S1.h5ad": b"x",
+        f"{task}/adata/S2.h5ad": b"x",
+        f"{task}/splits/train_0.csv": b"sample_id,patches_path,expr_path\nS1,patches/S1.h5,adata/S1.h5ad\n",
+        f"{task}/splits/test_0.csv": b"sample_id,patches_path,expr_path\nS2,patches/S2.h5,adata/S2.h5ad\n",
+        "fm_v1/uni/pytorch_model.bin": b"w",
+        "OTHER/var_50genes.json": b"{}",
+    }
+    if not zipped:
+        files[f"{task}/patches/S1.h5"] = b"p"
+        files[f"{task}/patches/S2.h5"] = b"p"
+    return files
+
+
+class FakeBenchHub:
+    def __init__(self, task: str, zipped: bool = False):
+        self.task, self.zipped, self.calls = task, zipped, []
+
+    def __call__(self, **kw):
+        self.calls.append(kw)
+        out = Path(kw["local_dir"])
+        for rel, data in _bench_files(self.task, self.zipped).items():
+            if any(fnmatch.fnmatch(rel, p) for p in kw["allow_patterns"]):
+                (out / rel).parent.mkdir(parents=True, exist_ok=True)
+                (out / rel).write_bytes(data)
+        if self.zipped and any(
+            fnmatch.fnmatch(f"{self.task}/patches.zip", p) for p in kw["allow_patterns"]
+        ):
+            with zipfile.ZipFile(out / self.task / "patches.zip", "w") as zf:
+                zf.writestr("patches/S1.h5", "p")
+                zf.writestr("patches/S2.h5", "p")
+        return str(out)
+
+
+@pytest.mark.parametrize("zipped", [False, True])
+def test_bench_hub(monkeypatch, tmp_path, zipped):
+    fake = FakeBenchHub("IDC", zipped)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    out = tmp_path / "resources" / "hest-bench"
+    assert main(["download-bench", "--source", "hub", "--task", "IDC", "--out-dir", str(out)]) == 0
+    assert fake.calls == [
+        {
+            "repo_id": "MahmoodLab/hest-bench",
+            "repo_type": "dataset",
+            "local_dir": str(out),
+            "allow_patterns": ["IDC/*"],
+            "token": TOKEN,
+        }
+    ]
+    d = out / "IDC"
+    assert (d / "patches" / "S1.h5").exists() and not list(d.rglob("*.zip"))
+    assert not (out / "fm_v1").exists() and not (out / "OTHER").exists()
+    assert download_bench.check_task(d, "IDC") == 1
+
+
+def test_bench_checks_and_local(tmp_path, capsys):
+    src = tmp_path / "hb"
+    for rel, data in _bench_files("READ", zipped=False).items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    out = tmp_path / "out"
+    assert (
+        main(
+            [
+                "download-bench",
+                "--source",
+                "local",
+                "--task",
+                "READ",
+                "--local-dir",
+                str(src),
+                "--out-dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert (out / "READ").is_symlink()
+    (src / "READ" / "splits" / "notes.txt").write_text("x")
+    with pytest.raises(MintError, match="notes.txt"):
+        download_bench.check_task(src / "READ", "READ")
+    (src / "READ" / "splits" / "notes.txt").unlink()
+    (src / "READ" / "patches" / "S2.h5").unlink()
+    with pytest.raises(MintError, match=r"S2 .*patches/S2\.h5"):
+        download_bench.check_task(src / "READ", "READ")
+    rc = main(["download-bench", "--source", "hub", "--task", "NOPE", "--out-dir", str(out)])
+    assert rc == 2 and "NOPE" in capsys.readouterr().err
+
+
+def test_bench_synthetic(tmp_path):
+    rc = main(
+        [
+            "download-bench",
+            "--source",
+            "synthetic",
+            "--task",
+            "SYNTH_XENIUM",
+            "--out-dir",
+            str(tmp_path),
+            "--seed",
+            "2",
+            "--slide-size-um",
+            "700",
+            "--n-genes",
+            "100",
+        ]
+    )
+    assert rc == 0
+    assert download_bench.check_task(tmp_path / "SYNTH_XENIUM", "SYNTH_XENIUM") == 2
