@@ -153,3 +153,4 @@ wildcard_constraints:
     task=one_of(ALL_BENCH_TASKS),
     run=one_of(RUNS),
     model=one_of(MODELS),
+    eva_task=r"[a-z0-9_]+",
