@@ -30,6 +30,7 @@ rule vocab:
 rule shards:
     input:
         tiles=expand("results/tiles/{sample}.h5", sample=SAMPLES),
+        bench=expand(f"{BENCH}/{{task}}", task=BENCH_TASKS),
         visium="results/genes/visium.txt",
         xenium="results/genes/xenium.txt",
     output:
@@ -44,6 +45,8 @@ rule shards:
             f"--val-fraction {SHARDS['val_fraction']} --seed {SHARDS['seed']} "
             f"--jpeg-quality {SHARDS['jpeg_quality']}"
         ),
+        # Leakage guard: shards refuse any tile of a bench sample.
+        tasks=" ".join(BENCH_TASKS),
     threads: 2
     resources:
         mem_mb=16000,
@@ -52,4 +55,5 @@ rule shards:
         ENV
     shell:
         "mint shards --tiles {input.tiles} --vocab-dir results/genes --out-dir {output} "
-        "{params.opts} 2> {log}"
+        "--bench-dir {BENCH} --bench-tasks {params.tasks} --workers {threads} {params.opts} "
+        "2> {log}"

@@ -1,0 +1,427 @@
+"""`mint shards`: WebDataset shards, globally shuffled across samples, plus `index.json`.
+
+Order: one seeded permutation over every (sample, row) pair of every tile file, so a shard mixes
+all slides and all technologies (a shard per slide would feed the model one slide at a time).
+A seeded fraction of tiles (chosen by tile, not by slide) goes to ``val-*.tar``; the rest is cut
+into ``train-*.tar`` shards of ``--samples-per-shard`` tiles in permutation order.
+
+Memory: each tile's image is read by h5 random access (one chunk per patch) in shard order, and
+the targets of one shard (already on the vocabulary, float16) are read per sample in row order
+beforehand; nothing scales with the dataset. Shards are independent, so ``--workers`` processes
+write them in parallel.
+
+Atomicity: each shard is written under a temporary name and renamed when complete; `index.json`
+is removed first and written last, so a reader that finds `index.json` finds every shard it
+lists, complete. Stale shards of an earlier, larger run are deleted.
+
+Sample layout (DESIGN.md section 3): ``__key__`` = ``{sample}_{barcode}``; ``jpg`` 224 x 224 RGB
+(4:4:4 chroma, quality Q); ``expr.npy`` float16 ``log1p(counts)`` on the modality's vocabulary
+(0 where not measured); ``mask.npy`` bool (genes the sample measured); ``json`` {sample, barcode,
+x, y, technology, level, modality, organ, oncotree_code, n_cells} (n_cells -1 for spots).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import re
+from collections import OrderedDict
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from mint.data.genes import as_str
+from mint.data.tiles import TileInfo, read_info
+from mint.data.vocab import read_vocab
+from mint.errors import MintError
+from mint.io import atomic_path, write_json
+
+log = logging.getLogger(__name__)
+
+MODALITIES = ("visium", "xenium")
+_SHARD_RE = re.compile(r"^(train|val)-\d{6}\.tar$")
+
+
+@dataclass
+class Source:
+    """One tile file as the shard writer sees it."""
+
+    info: TileInfo
+    modality: str
+    cols: np.ndarray  # vocabulary index of each of the sample's genes (-1 = not in vocabulary)
+    mask: np.ndarray  # bool over the vocabulary
+
+
+def _sources(tiles: list[TileInfo], vocab: dict[str, list[str]]) -> list[Source]:
+    out = []
+    seen: dict[str, Path] = {}
+    for t in tiles:
+        if t.sample_id in seen:
+            raise MintError(f"{t.sample_id} {t.path}: sample also in {seen[t.sample_id]}")
+        seen[t.sample_id] = t.path
+        mod = (
+            t.modality
+            if t.modality in MODALITIES
+            else ("xenium" if t.level == "patch" else "visium")
+        )
+        index = {g: i for i, g in enumerate(vocab[mod])}
+        cols = np.array([index.get(g, -1) for g in t.genes], np.int64)
+        mask = np.zeros(len(vocab[mod]), bool)
+        mask[cols[cols >= 0]] = True
+        out.append(Source(info=t, modality=mod, cols=cols, mask=mask))
+    return out
+
+
+def targets_on_vocab(expr: np.ndarray, src: Source, size: int) -> np.ndarray:
+    """float16 log1p counts (n, size) on the vocabulary; 0 where the sample has no value."""
+    out = np.zeros((len(expr), size), np.float16)
+    ok = src.cols >= 0
+    out[:, src.cols[ok]] = np.log1p(np.maximum(expr[:, ok], 0).astype(np.float32)).astype(
+        np.float16
+    )
+    return out
+
+
+def plan(sizes: list[int], val_fraction: float, seed: int):
+    """(train pairs, val pairs) as (K, 2) int64 arrays of (source, row) in shuffled order."""
+    total = int(sum(sizes))
+    pairs = np.zeros((total, 2), np.int64)
+    pairs[:, 0] = np.repeat(np.arange(len(sizes)), sizes)
+    pairs[:, 1] = np.concatenate([np.arange(n) for n in sizes]) if sizes else []
+    rng = np.random.default_rng(seed)
+    pairs = pairs[rng.permutation(total)]
+    n_val = int(round(val_fraction * total))
+    if val_fraction > 0 and total > 1:
+        n_val = min(max(n_val, 1), total - 1)
+    return pairs[n_val:], pairs[:n_val]
+
+
+class _Handles:
+    """A few open h5 files (LRU), so hundreds of samples do not exhaust file descriptors."""
+
+    def __init__(self, cap: int = 64):
+        import h5py
+
+        self._h5py = h5py
+        self.cap = cap
+        self.files: OrderedDict[Path, object] = OrderedDict()
+
+    def get(self, path: Path):
+        f = self.files.pop(path, None)
+        if f is None:
+            f = self._h5py.File(path, "r")
+            if len(self.files) >= self.cap:
+                _, old = self.files.popitem(last=False)
+                old.close()
+        self.files[path] = f
+        return f
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+        self.files.clear()
+
+
+def _encode_jpeg(img: np.ndarray, quality: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=quality, subsampling=0)
+    return buf.getvalue()
+
+
+def _npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
+
+
+def write_shard(
+    path: Path,
+    pairs: np.ndarray,
+    sources: list[Source],
+    vocab_sizes: dict[str, int],
+    quality: int,
+) -> int:
+    """Write one shard atomically with the tiles `pairs` in order; returns the sample count."""
+    import webdataset as wds
+
+    handles = _Handles()
+    try:
+        # Targets and row metadata of this shard, read per sample in row order (h5 fancy
+        # indexing wants increasing rows); only the images are read one by one below.
+        rowdata: dict[tuple[int, int], tuple] = {}
+        for s in np.unique(pairs[:, 0]):
+            src = sources[s]
+            rows = np.unique(pairs[pairs[:, 0] == s, 1])
+            f = handles.get(src.info.path)
+            expr = f["expr"][rows] if len(src.info.genes) else np.zeros((len(rows), 0))
+            vec = targets_on_vocab(np.asarray(expr), src, vocab_sizes[src.modality])
+            barcodes = f["barcode"][rows]
+            coords = f["coords"][rows]
+            n_cells = f["n_cells"][rows] if "n_cells" in f else np.full(len(rows), -1)
+            for k, r in enumerate(rows):
+                rowdata[(int(s), int(r))] = (vec[k], as_str(barcodes[k][0]), coords[k], n_cells[k])
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                sink = wds.TarWriter(fh, encoder=False, mtime=0)
+                for s, r in pairs:
+                    src = sources[s]
+                    f = handles.get(src.info.path)
+                    vec, barcode, (x, y), n_cells = rowdata[(int(s), int(r))]
+                    meta = dict(
+                        sample=src.info.sample_id,
+                        barcode=barcode,
+                        x=int(x),
+                        y=int(y),
+                        technology=src.info.technology,
+                        level=src.info.level,
+                        modality=src.modality,
+                        organ=src.info.organ,
+                        oncotree_code=src.info.oncotree_code,
+                        n_cells=int(n_cells),
+                    )
+                    sink.write(
+                        {
+                            "__key__": sample_key(src.info.sample_id, barcode),
+                            "jpg": _encode_jpeg(f["img"][r], quality),
+                            "expr.npy": _npy(vec),
+                            "mask.npy": _npy(src.mask),
+                            "json": json.dumps(meta).encode(),
+                        }
+                    )
+                sink.close()
+    finally:
+        handles.close()
+    return len(pairs)
+
+
+def sample_key(sample: str, barcode: str) -> str:
+    """WebDataset key; a dot would end the key (start of the extension) so it becomes '_'."""
+    return f"{sample}_{barcode}".replace(".", "_").replace("/", "_")
+
+
+def train_stats(
+    sources: list[Source], train: np.ndarray, vocab: dict[str, list[str]], progress: bool
+) -> dict:
+    """Per-gene mean and std (ddof 0) of the float16 log1p targets over TRAIN tiles, masked."""
+    import h5py
+
+    acc = {m: [np.zeros(len(vocab[m])) for _ in range(3)] for m in MODALITIES}
+    is_train = [np.zeros(s.info.n, bool) for s in sources]
+    for s, r in train:
+        is_train[s][r] = True
+    for i, src in enumerate(tqdm(sources, desc="target statistics", disable=not progress)):
+        rows = np.flatnonzero(is_train[i])
+        if not rows.size or not len(src.info.genes):
+            continue
+        n, s1, s2 = acc[src.modality]
+        with h5py.File(src.info.path, "r") as f:
+            for a in range(0, rows.size, 4096):
+                sel = rows[a : a + 4096]
+                chunk = np.asarray(f["expr"][sel[0] : sel[-1] + 1])[sel - sel[0]]
+                v = targets_on_vocab(chunk, src, len(vocab[src.modality])).astype(np.float64)
+                n += src.mask * len(sel)
+                s1 += v.sum(0)
+                s2 += (v * v).sum(0)
+    stats = {}
+    for m in MODALITIES:
+        n, s1, s2 = acc[m]
+        mean = np.where(n > 0, s1 / np.maximum(n, 1), 0.0)
+        std = np.sqrt(np.maximum(np.where(n > 0, s2 / np.maximum(n, 1), 0.0) - mean * mean, 0.0))
+        # A gene never measured or constant in training has no scale: 1 leaves it unscaled.
+        std = np.where(std > 1e-6, std, 1.0)
+        stats[m] = {
+            "mean": [round(float(v), 6) for v in mean],
+            "std": [round(float(v), 6) for v in std],
+            "n": [int(v) for v in n],
+        }
+    return stats
+
+
+def bench_sample_ids(bench_dir: Path, tasks: list[str]) -> set[str]:
+    """Sample ids of HEST-Bench tasks from their ``adata/`` and ``patches/`` file names."""
+    ids: set[str] = set()
+    for task in tasks:
+        d = bench_dir / task
+        if not d.is_dir():
+            raise MintError(f"{task} {d}: bench task folder not found")
+        for sub, suffix in (("adata", ".h5ad"), ("patches", ".h5")):
+            ids |= {p.name[: -len(suffix)] for p in (d / sub).glob(f"*{suffix}")}
+    return ids
+
+
+def _write_one(job) -> int:
+    path, pairs, sources, sizes, quality = job
+    return write_shard(path, pairs, sources, sizes, quality)
+
+
+def write_shards(
+    tile_paths: list[Path],
+    vocab_dir: Path,
+    out_dir: Path,
+    samples_per_shard: int,
+    val_fraction: float,
+    seed: int,
+    jpeg_quality: int,
+    workers: int = 1,
+    exclude: set[str] | None = None,
+    progress: bool = True,
+) -> dict:
+    if samples_per_shard < 1:
+        raise MintError("--samples-per-shard must be >= 1")
+    if not 0 <= val_fraction < 1:
+        raise MintError("--val-fraction must be in [0, 1)")
+    if not 1 <= jpeg_quality <= 100:
+        raise MintError("--jpeg-quality must be in 1..100")
+    vocab = read_vocab(vocab_dir)
+    tiles = [read_info(p) for p in tile_paths]
+    if exclude:
+        bad = [t.sample_id for t in tiles if t.sample_id in exclude]
+        if bad:
+            raise MintError(
+                f"{bad[0]} {tiles[0].path.parent}: HEST-Bench sample in the training "
+                f"tiles ({len(bad)} in all): it would leak into the benchmark"
+            )
+    sources = _sources(tiles, vocab)
+    for src in sources:
+        if not src.mask.any() and src.info.n:
+            log.warning(
+                "%s: none of its genes is in the %s vocabulary", src.info.sample_id, src.modality
+            )
+    train, val = plan([s.info.n for s in sources], val_fraction, seed)
+    if len(train) == 0:
+        raise MintError(f"shards {out_dir}: no tiles to write")
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    index_path = out_dir / "index.json"
+    index_path.unlink(missing_ok=True)  # never leave an index that points at half-new shards
+    sizes = {m: len(vocab[m]) for m in MODALITIES}
+    jobs = []
+    for prefix, pairs in (("train", train), ("val", val)):
+        for k, a in enumerate(range(0, len(pairs), samples_per_shard)):
+            jobs.append(
+                (
+                    out_dir / f"{prefix}-{k:06d}.tar",
+                    pairs[a : a + samples_per_shard],
+                    sources,
+                    sizes,
+                    jpeg_quality,
+                )
+            )
+    bar = tqdm(total=len(train) + len(val), desc="shards", unit="tile", disable=not progress)
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for n in pool.map(_write_one, jobs):
+                bar.update(n)
+    else:
+        for job in jobs:
+            bar.update(_write_one(job))
+    bar.close()
+    names = {j[0].name for j in jobs}
+    for p in out_dir.iterdir():  # shards of an earlier, larger run
+        if _SHARD_RE.match(p.name) and p.name not in names:
+            p.unlink()
+
+    stats = train_stats(sources, train, vocab, progress)
+    n_train_by_src = np.bincount(train[:, 0], minlength=len(sources))
+    n_val_by_src = (
+        np.bincount(val[:, 0], minlength=len(sources)) if len(val) else np.zeros(len(sources), int)
+    )
+    counts = {m: 0 for m in MODALITIES}
+    samples = {}
+    for i, src in enumerate(sources):
+        counts[src.modality] += int(src.info.n)
+        samples[src.info.sample_id] = {
+            "n": int(src.info.n),
+            "n_train": int(n_train_by_src[i]),
+            "n_val": int(n_val_by_src[i]),
+            "modality": src.modality,
+            "technology": src.info.technology,
+            "level": src.info.level,
+            "organ": src.info.organ,
+            "oncotree_code": src.info.oncotree_code,
+            "n_genes_measured": int(src.mask.sum()),
+        }
+    image_sizes = {int(t.attrs.get("patch_size_px", 224)) for t in tiles}
+    pixel_sizes = {float(t.attrs.get("target_pixel_size_um", 0.5)) for t in tiles}
+    if len(image_sizes) > 1 or len(pixel_sizes) > 1:
+        raise MintError(
+            f"shards {out_dir}: tiles differ in patch size {image_sizes} or "
+            f"pixel size {pixel_sizes}; re-tile them with the same settings"
+        )
+    index = {
+        "version": 1,
+        "vocab": vocab,
+        "stats": {m: {"mean": stats[m]["mean"], "std": stats[m]["std"]} for m in MODALITIES},
+        "stats_n": {m: stats[m]["n"] for m in MODALITIES},
+        "counts": counts,
+        "n_train": int(len(train)),
+        "n_val": int(len(val)),
+        "samples": samples,
+        "shards": [
+            {"path": j[0].name, "n": int(len(j[1]))} for j in jobs if j[0].name.startswith("train")
+        ],
+        "val_shards": [
+            {"path": j[0].name, "n": int(len(j[1]))} for j in jobs if j[0].name.startswith("val")
+        ],
+        "image_size": image_sizes.pop() if image_sizes else 224,
+        "pixel_size_um": pixel_sizes.pop() if pixel_sizes else 0.5,
+        "seed": int(seed),
+        "val_fraction": float(val_fraction),
+        "jpeg_quality": int(jpeg_quality),
+    }
+    write_json(index_path, index, indent=1)
+    log.info(
+        "wrote %d train + %d val tiles in %d shards to %s", len(train), len(val), len(jobs), out_dir
+    )
+    return index
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tiles", nargs="+", required=True, type=Path, help="training tile files")
+    p.add_argument(
+        "--vocab-dir", required=True, type=Path, help="folder with visium.txt, xenium.txt"
+    )
+    p.add_argument("--out-dir", required=True, type=Path)
+    p.add_argument("--samples-per-shard", type=int, default=2000)
+    p.add_argument("--val-fraction", type=float, default=0.02)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jpeg-quality", type=int, default=95)
+    p.add_argument("--workers", type=int, default=1, help="shard-writing processes")
+    p.add_argument(
+        "--bench-dir",
+        type=Path,
+        default=None,
+        help="with --bench-tasks: refuse tiles of HEST-Bench samples (leakage guard)",
+    )
+    p.add_argument("--bench-tasks", nargs="*", default=[])
+
+
+def run(args: argparse.Namespace) -> int:
+    from mint.logging_utils import progress_enabled
+
+    exclude = None
+    if args.bench_dir is not None and args.bench_tasks:
+        exclude = bench_sample_ids(args.bench_dir, list(args.bench_tasks))
+    write_shards(
+        list(args.tiles),
+        args.vocab_dir,
+        args.out_dir,
+        args.samples_per_shard,
+        args.val_fraction,
+        args.seed,
+        args.jpeg_quality,
+        max(1, args.workers),
+        exclude,
+        progress_enabled(),
+    )
+    return 0
+
+
+__all__ = ["write_shards", "plan", "targets_on_vocab", "sample_key", "bench_sample_ids"]

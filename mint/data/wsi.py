@@ -1,0 +1,258 @@
+"""The one whole-slide-image reader of the pipeline.
+
+Every stage that looks at slide pixels goes through :class:`WSI`, so the three rules that keep
+patches honest live in one place:
+
+* The pixel size comes from the HEST metadata (``pixel_size_um_estimated``), passed in by the
+  caller. The TIFF's own resolution tags are never trusted: they are wrong for some HEST slides
+  (TENX95 claims 1 um/px, the truth is 0.2125).
+* A level-0 box is resampled to the requested output size by reading the *finest pyramid level
+  whose downsample does not exceed the one needed* and resizing only the remaining factor (< 2
+  for a /2 pyramid). Reading a 40x slide at level 0 and shrinking by 2 costs 4x the decode work.
+* Memory is bounded by the requested region, never by the slide: OpenSlide decodes only the
+  tiles under the region, and whole-slide views (:meth:`WSI.downscaled`) are built band by band.
+
+Geometry: the box is snapped to the pixel grid of the level it is read from (nearest pixel,
+centre preserving), so the output is off by at most half a pixel of that level, i.e. at most
+0.5 output pixel when downsampling. Reading at integer level coordinates keeps OpenSlide on its
+fast path (a fractional location makes it resample the whole region bilinearly).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from mint.errors import MintError
+
+log = logging.getLogger(__name__)
+
+#: Tolerance when comparing a level's downsample with the one needed: pyramid levels of slides
+#: with odd sizes report downsamples such as 4.0003, which must still count as 4.
+_LEVEL_TOLERANCE = 1e-3
+_EPS = 1e-6
+#: Bytes of level pixels decoded at once when building a whole-slide view.
+_BAND_BYTES = 64 << 20
+
+
+def check_pixel_size(value, sample_id: str, source: str) -> float:
+    """Return `value` as a positive finite float or raise a MintError naming sample and source."""
+    try:
+        ps = float(value)
+    except (TypeError, ValueError):
+        raise MintError(
+            f"{sample_id} {source}: pixel_size_um_estimated is missing or not a number ({value!r})"
+        ) from None
+    if not math.isfinite(ps) or ps <= 0:
+        raise MintError(
+            f"{sample_id} {source}: pixel_size_um_estimated must be a positive number, got {value!r}"
+        )
+    return ps
+
+
+class WSI:
+    """A slide opened with OpenSlide, with the pixel size from the metadata.
+
+    Thread safety: OpenSlide handles are thread-safe and ctypes releases the GIL during
+    ``read_region``, so several threads may call :meth:`read_region` on one instance.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        pixel_size_um: float,
+        sample_id: str = "",
+        cache_mb: int = 128,
+    ):
+        import openslide
+
+        self.path = Path(path)
+        self.sample_id = sample_id or self.path.stem
+        self.pixel_size_um = check_pixel_size(pixel_size_um, self.sample_id, "metadata")
+        if not self.path.is_file():
+            raise MintError(f"{self.sample_id} {self.path}: slide file not found")
+        try:
+            self._slide = openslide.OpenSlide(str(self.path))
+        except Exception as exc:  # OpenSlideUnsupportedFormatError, OpenSlideError, OSError
+            raise MintError(
+                f"{self.sample_id} {self.path}: cannot open slide with OpenSlide "
+                f"(corrupt or not a tiled pyramidal TIFF): {' '.join(str(exc).split())}"
+            ) from None
+        if cache_mb:
+            try:
+                self._slide.set_cache(openslide.OpenSlideCache(cache_mb << 20))
+            except Exception:  # older OpenSlide: keep the library's default cache
+                pass
+        self.width, self.height = (int(v) for v in self._slide.dimensions)
+        if self.width <= 0 or self.height <= 0:
+            raise MintError(f"{self.sample_id} {self.path}: slide has no pixels")
+        self.level_dimensions = [tuple(int(v) for v in d) for d in self._slide.level_dimensions]
+        self.level_downsamples = [float(d) for d in self._slide.level_downsamples]
+
+    # -- construction / context --------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike, pixel_size_um: float, sample_id: str = "") -> WSI:
+        return cls(path, pixel_size_um, sample_id)
+
+    def close(self) -> None:
+        slide = getattr(self, "_slide", None)
+        if slide is not None:
+            slide.close()
+            self._slide = None
+
+    def __enter__(self) -> WSI:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"WSI({self.sample_id!r}, {self.width}x{self.height} px, {self.pixel_size_um} um/px, "
+            f"levels={self.level_downsamples})"
+        )
+
+    # -- geometry -----------------------------------------------------------------------------
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        return self.width, self.height
+
+    def best_level(self, downsample: float) -> int:
+        """Finest level whose downsample is <= `downsample` (level 0 when upsampling)."""
+        best = 0
+        for level, ds in enumerate(self.level_downsamples):
+            if ds <= downsample * (1 + _LEVEL_TOLERANCE):
+                best = level
+        return best
+
+    def size_at(self, pixel_size_um: float, size_px: int) -> int:
+        """Level-0 side (px) of a patch of `size_px` pixels at `pixel_size_um`."""
+        return max(1, int(round(size_px * pixel_size_um / self.pixel_size_um)))
+
+    # -- pixels -------------------------------------------------------------------------------
+    def _read_level(
+        self, level: int, x: int, y: int, w: int, h: int
+    ) -> tuple[np.ndarray, float, float]:
+        """RGB uint8 (h, w, 3) from `level` starting near level pixel (x, y); outside is white.
+
+        Returns the pixels and the level coordinates of their top-left corner as OpenSlide
+        computed them (location / downsample; equal to (x, y) whenever the downsample is an
+        integer, which is the usual case).
+        """
+        ds = self.level_downsamples[level]
+        loc = (int(round(x * ds)), int(round(y * ds))) if level else (int(x), int(y))
+        try:
+            rgba = np.asarray(self._slide.read_region(loc, level, (int(w), int(h))))
+        except Exception as exc:
+            raise MintError(
+                f"{self.sample_id} {self.path}: cannot read pixels (corrupt slide?): "
+                f"{' '.join(str(exc).split())}"
+            ) from None
+        alpha = rgba[..., 3]
+        if alpha.min() == 255:
+            return cv2.cvtColor(rgba, cv2.COLOR_RGBA2RGB), loc[0] / ds, loc[1] / ds
+        # OpenSlide returns transparent pixels outside the slide (openslide-python hands them
+        # back un-premultiplied): composite onto white so padding looks like glass.
+        a = alpha[..., None].astype(np.uint32)
+        rgb = (rgba[..., :3].astype(np.uint32) * a + 127) // 255 + (255 - a)
+        return rgb.clip(0, 255).astype(np.uint8), loc[0] / ds, loc[1] / ds
+
+    def read_box(
+        self, x: float, y: float, w: float, h: float, out_w: int, out_h: int
+    ) -> np.ndarray:
+        """Level-0 box (x, y, w, h) resampled to (out_h, out_w, 3) uint8 RGB.
+
+        Parts of the box outside the slide are white. Geometry is exact: output pixel u covers
+        level-0 [x + u * w / out_w, x + (u + 1) * w / out_w).
+        """
+        if w <= 0 or h <= 0 or out_w <= 0 or out_h <= 0:
+            raise ValueError(f"empty box or output size: {(x, y, w, h, out_w, out_h)}")
+        level = self.best_level(min(w / out_w, h / out_h))
+        ds = self.level_downsamples[level]
+        bx, by, bw, bh = x / ds, y / ds, w / ds, h / ds
+        exact = _is_int(bx) and _is_int(by) and _is_int(bw) and _is_int(bh)
+        margin = 0 if exact else 1
+        ix0 = math.floor(bx + _EPS) - margin
+        iy0 = math.floor(by + _EPS) - margin
+        ix1 = math.ceil(bx + bw - _EPS) + margin
+        iy1 = math.ceil(by + bh - _EPS) + margin
+        region, sx, sy = self._read_level(level, ix0, iy0, ix1 - ix0, iy1 - iy0)
+        return resample(region, bx - sx, by - sy, bw, bh, out_w, out_h)
+
+    def read_region(self, x: int, y: int, size_src: int, out_size: int) -> np.ndarray:
+        """Square level-0 box with top-left (x, y) and side `size_src`, resampled to `out_size`."""
+        return self.read_box(x, y, size_src, size_src, out_size, out_size)
+
+    def downscaled(self, pixel_size_um: float, max_side: int = 16384) -> tuple[np.ndarray, float]:
+        """The whole slide at (about) `pixel_size_um`, built band by band.
+
+        Returns (image, scale) where `scale` is level-0 pixels per output pixel (same on both
+        axes). The output is capped at `max_side` pixels on its long side.
+        """
+        scale = max(pixel_size_um / self.pixel_size_um, 1.0)
+        scale = max(scale, max(self.width, self.height) / max_side)
+        out_w = max(1, int(math.ceil(self.width / scale)))
+        out_h = max(1, int(math.ceil(self.height / scale)))
+        out = np.empty((out_h, out_w, 3), np.uint8)
+        level = self.best_level(scale)
+        bytes_per_out_row = out_w * 3 * (scale / self.level_downsamples[level]) ** 2
+        band = max(1, int(_BAND_BYTES // max(bytes_per_out_row, 1)))
+        for r0 in range(0, out_h, band):
+            r1 = min(out_h, r0 + band)
+            out[r0:r1] = self.read_box(
+                0, r0 * scale, out_w * scale, (r1 - r0) * scale, out_w, r1 - r0
+            )
+        return out, scale
+
+    def thumbnail(self, max_size: int = 1024) -> np.ndarray:
+        """RGB thumbnail whose long side is `max_size` pixels (or less for small slides)."""
+        scale = max(self.width, self.height) / max_size
+        img, _ = self.downscaled(self.pixel_size_um * max(scale, 1.0), max_side=max_size)
+        return img
+
+
+def _is_int(v: float) -> bool:
+    return abs(v - round(v)) < _EPS
+
+
+def resample(
+    img: np.ndarray, fx: float, fy: float, fw: float, fh: float, out_w: int, out_h: int
+) -> np.ndarray:
+    """Resample the box (fx, fy, fw, fh) of `img` (pixel coordinates, corners) to out size.
+
+    Whole-pixel boxes use a plain crop or `cv2.resize` (area when shrinking, bilinear when
+    enlarging). Fractional boxes are first shrunk with area averaging to about the output
+    scale (anti-aliasing), then placed exactly with a bilinear affine warp, so the patch centre
+    is exact to a small fraction of a pixel.
+    """
+    ih, iw = img.shape[:2]
+    if _is_int(fx) and _is_int(fy) and _is_int(fw) and _is_int(fh):
+        x0, y0, w, h = (int(round(v)) for v in (fx, fy, fw, fh))
+        crop = img[y0 : y0 + h, x0 : x0 + w]
+        if (w, h) == (out_w, out_h):
+            return np.ascontiguousarray(crop)
+        interp = cv2.INTER_AREA if w >= out_w and h >= out_h else cv2.INTER_LINEAR
+        return cv2.resize(crop, (out_w, out_h), interpolation=interp)
+    rx, ry = fw / out_w, fh / out_h
+    if rx > 1 + 1e-3 or ry > 1 + 1e-3:
+        sw = max(1, int(round(iw / max(rx, 1.0))))
+        sh = max(1, int(round(ih / max(ry, 1.0))))
+        img = cv2.resize(img, (sw, sh), interpolation=cv2.INTER_AREA)
+        kx, ky = sw / iw, sh / ih
+        fx, fw, fy, fh = fx * kx, fw * kx, fy * ky, fh * ky
+        rx, ry = fw / out_w, fh / out_h
+    # Output pixel centre u + 0.5 maps to fx + (u + 0.5) * rx in corner coordinates, i.e.
+    # fx + (u + 0.5) * rx - 0.5 in OpenCV's centre-based coordinates.
+    m = np.array([[rx, 0.0, fx + 0.5 * rx - 0.5], [0.0, ry, fy + 0.5 * ry - 0.5]], np.float64)
+    return cv2.warpAffine(
+        img,
+        m,
+        (out_w, out_h),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_REPLICATE,
+    )

@@ -1,0 +1,599 @@
+"""`mint tile` against ground truth: spot centring, Xenium binning, bad input, end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import anndata as ad
+import cv2
+import h5py
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import scipy.sparse as sp
+import shapely
+
+from mint.cli import main
+from mint.data import tiling
+from mint.data.tiling import SampleInfo, SamplePaths, TileConfig, tile_sample
+from mint.errors import MintError
+from mint.synth.tiff import write_pyramidal_tiff_array
+
+PATCH = 224
+TARGET_UM = 0.5
+CFG = TileConfig(progress=False)
+
+
+# ------------------------------------------------------------------------------------ helpers
+def render_um(y_um: np.ndarray, x_um: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Smooth RGB texture defined in micrometres (periods 6-40 um)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.meshgrid(y_um, x_um, indexing="ij")
+    out = np.empty((*yy.shape, 3), np.float32)
+    for c in range(3):
+        acc = np.full(yy.shape, 128.0, np.float32)
+        for _ in range(6):
+            period, theta, phase = rng.uniform(6, 40), rng.uniform(0, np.pi), rng.uniform(0, 6.3)
+            k = 2 * np.pi / period
+            acc += 20 * np.sin(k * (np.cos(theta) * xx + np.sin(theta) * yy) + phase)
+        out[..., c] = acc
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def make_slide(path: Path, ps: float, w_um: float, h_um: float) -> np.ndarray:
+    img = render_um(
+        np.arange(int(h_um / ps)) * ps + ps / 2, np.arange(int(w_um / ps)) * ps + ps / 2
+    )
+    # Wrong embedded resolution on purpose: the metadata's pixel size must win.
+    write_pyramidal_tiff_array(path, img, pixel_size_um=1.0 if ps != 1.0 else 0.3)
+    return img
+
+
+def write_geojson(path: Path, polygons: list[list[tuple[float, float]]]) -> None:
+    feats = [
+        {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [p]}}
+        for p in polygons
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
+
+
+def box(x0, y0, x1, y1):
+    return [(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)]
+
+
+def write_h5ad(path: Path, barcodes, centres, counts, genes) -> None:
+    a = ad.AnnData(
+        X=sp.csr_matrix(np.asarray(counts, np.float32)),
+        obs=pd.DataFrame(index=pd.Index(barcodes)),
+        var=pd.DataFrame(index=pd.Index(genes)),
+    )
+    a.obsm["spatial"] = np.asarray(centres, np.float64)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    a.write_h5ad(path)
+
+
+def offset_px(a: np.ndarray, b: np.ndarray) -> float:
+    ga = cv2.cvtColor(a, cv2.COLOR_RGB2GRAY).astype(np.float64)
+    gb = cv2.cvtColor(b, cv2.COLOR_RGB2GRAY).astype(np.float64)
+    (dx, dy), _ = cv2.phaseCorrelate(ga, gb)
+    return float(np.hypot(dx, dy))
+
+
+def read_tiles(path: Path) -> dict:
+    with h5py.File(path, "r") as f:
+        out = {k: f[k][()] for k in f}
+        out["attrs"] = dict(f.attrs)
+        out["dtypes"] = {k: f[k].dtype for k in f}
+    out["barcodes"] = [b[0].decode() for b in out["barcode"]]
+    out["gene_names"] = [g.decode() for g in out["genes"]]
+    return out
+
+
+def info(sid, tech, ps, level, modality) -> SampleInfo:
+    return SampleInfo(sid, tech, ps, level, modality, organ="Bowel", oncotree_code="COAD")
+
+
+# --------------------------------------------------------------------------------- spot level
+@pytest.mark.parametrize("ps", [0.25, 0.5, 1.0])
+def test_spot_patches_are_centred_and_targets_aligned(tmp_path, ps):
+    sid = f"SPOT{int(ps * 100)}"
+    w_um, h_um = 360.0, 300.0
+    paths = SamplePaths.from_hest_dir(tmp_path, sid)
+    paths.wsi.parent.mkdir(parents=True)
+    img = make_slide(paths.wsi, ps, w_um, h_um)
+    H = img.shape[0]
+    # Tissue everywhere except the right strip x > 250 um.
+    write_geojson(paths.contours, [box(0, 0, 250 / ps, H)])
+    rng = np.random.default_rng(0)
+    inside = [(rng.uniform(60, 190), rng.uniform(60, 240)) for _ in range(7)]  # um, tissue
+    no_tissue = [(320.0, 150.0)]  # patch fully right of 250 um: 0 % tissue
+    outside = [(-5.0, 100.0), (w_um + 1, 50.0), (100.0, h_um + 30)]
+    c_um = np.array(inside + no_tissue + outside)
+    centres = c_um / ps
+    centres[:7] = np.round(centres[:7]) + rng.uniform(-0.3, 0.3, (7, 2))  # near-integer floats
+    n = len(centres)
+    barcodes = [f"AC{i:04d}-1" for i in range(n)]
+    genes = ["ACTB", "EPCAM", "VIM", "PTPRC"]
+    counts = rng.poisson(5, (n, len(genes)))
+    write_h5ad(paths.st, barcodes, centres, counts, genes)
+    out = tmp_path / "tiles" / f"{sid}.h5"
+    attrs = tile_sample(info(sid, "Visium", ps, "spot", "visium"), paths, out, CFG)
+
+    t = read_tiles(out)
+    size_src = round(PATCH * TARGET_UM / ps)
+    assert attrs["size_src_px"] == size_src
+    a = t["attrs"]
+    assert (a["n_spots_total"], a["n_dropped_outside"], a["n_dropped_tissue"]) == (n, 3, 1)
+    assert a["pixel_size_um"] == ps and a["target_pixel_size_um"] == 0.5
+    assert (a["level"], a["modality"], a["technology"], a["sample_id"]) == (
+        "spot",
+        "visium",
+        "Visium",
+        sid,
+    )
+    assert t["img"].shape == (7, PATCH, PATCH, 3) and t["dtypes"]["img"] == np.uint8
+    assert t["coords"].shape == (7, 2) and t["dtypes"]["coords"] == np.int64
+    assert t["barcode"].shape == (7, 1) and t["dtypes"]["barcode"].kind == "S"
+    assert t["dtypes"]["expr"] == np.float32 and t["gene_names"] == genes
+    assert "n_cells" not in t
+    assert sorted(t["barcodes"]) == barcodes[:7]
+    for k, bc in enumerate(t["barcodes"]):
+        i = barcodes.index(bc)
+        np.testing.assert_array_equal(t["expr"][k], counts[i])
+        top = np.round(centres[i]).astype(int) - size_src // 2
+        np.testing.assert_array_equal(t["coords"][k], top)
+        x, y = top
+        crop = img[y : y + size_src, x : x + size_src]
+        interp = cv2.INTER_AREA if size_src >= PATCH else cv2.INTER_LINEAR
+        ref = cv2.resize(crop, (PATCH, PATCH), interpolation=interp)
+        patch = t["img"][k]
+        assert np.abs(patch.astype(int) - ref).mean() < 3.0
+        assert offset_px(ref, patch) <= 1.0
+        # Physical truth: the texture on the 0.5 um grid centred on the spot.
+        cx, cy = np.round(centres[i]) * ps
+        g = (np.arange(PATCH) + 0.5) * TARGET_UM - PATCH * TARGET_UM / 2
+        truth = render_um(cy + g, cx + g)
+        assert offset_px(truth, patch) <= 1.0
+
+
+def _visium_sample(tmp_path: Path, sid: str, ps: float = 1.0, n: int = 6):
+    paths = SamplePaths.from_hest_dir(tmp_path, sid)
+    paths.wsi.parent.mkdir(parents=True, exist_ok=True)
+    make_slide(paths.wsi, ps, 300, 300)
+    centres = np.column_stack([np.linspace(60, 240, n), np.full(n, 150.0)]) / ps
+    barcodes = [f"B{i}-1" for i in range(n)]
+    write_h5ad(paths.st, barcodes, centres, np.arange(n * 3).reshape(n, 3), ["A", "B", "C"])
+    return paths
+
+
+def test_threads_give_identical_output(tmp_path):
+    paths = _visium_sample(tmp_path, "THR")
+    one, two = tmp_path / "one.h5", tmp_path / "two.h5"
+    i = info("THR", "Visium", 1.0, "spot", "visium")
+    tile_sample(i, paths, one, TileConfig(progress=False, threads=1, batch=4))
+    tile_sample(i, paths, two, TileConfig(progress=False, threads=2, batch=4))
+    a, b = read_tiles(one), read_tiles(two)
+    for k in ("img", "coords", "barcode", "expr"):
+        np.testing.assert_array_equal(a[k], b[k])
+    assert a["attrs"]["tissue_source"] == "otsu"  # no contours file: thumbnail mask
+
+
+@pytest.mark.filterwarnings("ignore:Observation names are not unique")
+def test_spot_bad_inputs_leave_no_file(tmp_path):
+    i = info("BAD", "Visium", 1.0, "spot", "visium")
+    paths = _visium_sample(tmp_path, "BAD")
+    out = tmp_path / "out" / "BAD.h5"
+
+    def fails(match, inf=i, p=paths):
+        with pytest.raises(MintError, match=match):
+            tile_sample(inf, p, out, CFG)
+        assert not out.exists()
+        assert not list(out.parent.glob("*")) if out.parent.exists() else True
+
+    # every spot outside the slide
+    write_h5ad(paths.st, ["a-1", "b-1"], [[-10, 5], [5000, 5]], np.ones((2, 3)), ["A", "B", "C"])
+    fails(r"BAD .*BAD\.h5ad: no spot kept \(2 outside the slide")
+    # duplicate barcodes
+    write_h5ad(paths.st, ["a-1", "a-1"], [[100, 100], [120, 100]], np.ones((2, 3)), ["A", "B", "C"])
+    fails(r"BAD .*duplicate spot barcodes")
+    # spatial coordinates missing
+    a = ad.AnnData(X=np.ones((2, 3), np.float32), obs=pd.DataFrame(index=["a-1", "b-1"]))
+    a.write_h5ad(paths.st)
+    fails(r"BAD .*obsm\['spatial'\].*missing")
+    # barcodes of the spot table do not match the expression rows
+    a.obsm["spatial"] = pd.DataFrame({"x": [100.0, 120.0], "y": [100.0, 100.0]}, index=a.obs_names)
+    a.write_h5ad(paths.st)
+    with h5py.File(paths.st, "r+") as f:
+        f["obsm/spatial/_index"][1] = "zz-1"
+    fails(r"BAD .*barcodes of an obsm entry do not match obs_names")
+    # corrupt slide
+    _visium_sample(tmp_path, "BAD")
+    paths.wsi.write_bytes(paths.wsi.read_bytes()[:300])
+    fails(r"BAD .*BAD\.tif: cannot open slide")
+    # missing / bad pixel size
+    for bad in (float("nan"), 0.0, -1.0):
+        fails(
+            r"BAD metadata: pixel_size_um_estimated",
+            inf=info("BAD", "Visium", bad, "spot", "visium"),
+        )
+
+
+# ---------------------------------------------------------------------------- Xenium patches
+PS_X = 0.25
+S_X = round(PATCH * TARGET_UM / PS_X)  # 448 level-0 px = 112 um
+GENES_X = [f"G{i}" for i in range(12)]
+CONTROLS = [
+    "BLANK_0001",
+    "NegControlProbe_00042",
+    "antisense_ACTB",
+    "DeprecatedCodeword_0001",
+    "UnassignedCodeword_0002",
+    "NegControlCodeword_0500",
+]
+
+
+def _xenium_tables(seed: int = 0):
+    """Cells (square polygons) and transcripts on a 400 x 300 um slide at 0.25 um/px.
+
+    Includes a cell whose centroid is exactly on a vertical patch border and one on a horizontal
+    border; transcripts spread around each cell (so border cells put transcripts in two patches),
+    unassigned transcripts, controls and low-qv transcripts.
+    """
+    rng = np.random.default_rng(seed)
+    W, H = int(400 / PS_X), int(300 / PS_X)
+    n = 60
+    cx = rng.uniform(30, W - 30, n)
+    cy = rng.uniform(30, 2 * S_X - 30, n)  # rows 0-1 only; row 2 stays empty (not covered)
+    cx[0], cy[0] = S_X, 200.0  # on the border between patch columns 0 and 1
+    cx[1], cy[1] = 700.0, S_X  # on the border between rows 0 and 1
+    half = rng.uniform(12, 25, n)
+    polys = [
+        shapely.Polygon(box(x - h, y - h, x + h, y + h))
+        for x, y, h in zip(cx, cy, half, strict=True)
+    ]
+    ids = [f"cell{i:03d}-1" for i in range(n)]
+    rows = []
+    for i in range(n):
+        for _ in range(rng.integers(5, 30)):
+            g = rng.choice(GENES_X[:10])  # G10, G11 are panel genes never detected
+            rows.append(
+                (
+                    ids[i],
+                    g,
+                    cx[i] + rng.uniform(-half[i], half[i]),
+                    cy[i] + rng.uniform(-half[i], half[i]),
+                    rng.uniform(20, 40),
+                )
+            )
+    for _ in range(80):  # unassigned
+        rows.append(
+            (
+                "UNASSIGNED",
+                rng.choice(GENES_X[:10]),
+                rng.uniform(0, W),
+                rng.uniform(0, 2 * S_X),
+                rng.uniform(20, 40),
+            )
+        )
+    for _ in range(60):  # controls, half inside cells
+        i = rng.integers(n)
+        cid = ids[i] if rng.random() < 0.5 else "UNASSIGNED"
+        rows.append((cid, rng.choice(CONTROLS), cx[i] + 1, cy[i] + 1, rng.uniform(20, 40)))
+    for _ in range(70):  # low quality, inside cells
+        i = rng.integers(n)
+        rows.append((ids[i], rng.choice(GENES_X[:10]), cx[i], cy[i] - 1, rng.uniform(0, 19.9)))
+    tx = pd.DataFrame(rows, columns=["cell_id", "feature_name", "he_x", "he_y", "qv"])
+    tx = tx.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    tx["x_location"] = tx["he_x"] * PS_X
+    tx["y_location"] = tx["he_y"] * PS_X
+    return ids, polys, tx, (W, H)
+
+
+def _write_xenium(tmp_path: Path, sid: str, with_seg: bool = True, tx_hook=None):
+    ids, polys, tx, (W, H) = _xenium_tables()
+    paths = SamplePaths.from_hest_dir(tmp_path, sid)
+    paths.wsi.parent.mkdir(parents=True, exist_ok=True)
+    make_slide(paths.wsi, PS_X, W * PS_X, H * PS_X)
+    # Tissue everywhere except patch (col 3, row 0).
+    write_geojson(paths.contours, [box(0, S_X, W, H), box(0, 0, 3 * S_X, S_X)])
+    if tx_hook:
+        tx = tx_hook(tx)
+    paths.transcripts.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(
+        pa.Table.from_pandas(tx, preserve_index=False), paths.transcripts, row_group_size=97
+    )
+    # HEST's Xenium h5ad (pseudo-spots) lists the whole panel, controls included.
+    write_h5ad(
+        paths.st,
+        ["000x000"],
+        [[1.0, 1.0]],
+        np.zeros((1, len(GENES_X + CONTROLS))),
+        GENES_X + CONTROLS,
+    )
+    if with_seg:
+        paths.cell_seg.parent.mkdir(parents=True, exist_ok=True)
+        # geopandas' layout: WKB geometry + the cell id as the pandas index column
+        table = pa.table(
+            {
+                "geometry": pa.array(list(shapely.to_wkb(polys)), pa.binary()),
+                "__index_level_0__": ids,
+            }
+        )
+        pq.write_table(table, paths.cell_seg)
+    return paths, ids, polys, tx, (W, H)
+
+
+def _brute_force(ids, cents, tx, W, H, mode):
+    """{(row, col): (counts over GENES_X, n_cells)} for kept patches, computed naively."""
+    ncol, nrow = int(np.ceil(W / S_X)), int(np.ceil(H / S_X))
+    covered = set()
+    for x, y in zip(tx["he_x"], tx["he_y"], strict=True):
+        covered.add((int(y // S_X), int(x // S_X)))
+    keep = {p for p in covered if p != (0, 3)}  # (0, 3) is not tissue
+    cell_patch = {
+        cid: (int(c[1] // S_X), int(c[0] // S_X)) for cid, c in zip(ids, cents, strict=True)
+    }
+    out = {p: [np.zeros(len(GENES_X)), 0] for p in keep}
+    for p in cell_patch.values():
+        if p in out:
+            out[p][1] += 1
+    for cid, g, x, y, qv in zip(
+        tx["cell_id"], tx["feature_name"], tx["he_x"], tx["he_y"], tx["qv"], strict=True
+    ):
+        if g not in GENES_X or qv < 20:
+            continue
+        if mode == "cells":
+            p = cell_patch.get(cid)
+        else:
+            p = (int(y // S_X), int(x // S_X))
+        if p in out:
+            out[p][0][GENES_X.index(g)] += 1
+    assert len(keep) < nrow * ncol
+    return out
+
+
+@pytest.mark.parametrize("mode", ["cells", "transcripts"])
+def test_xenium_counts_equal_brute_force(tmp_path, monkeypatch, mode):
+    monkeypatch.setattr(tiling, "TRANSCRIPT_BATCH_ROWS", 256)  # many batches
+    paths, ids, polys, tx, (W, H) = _write_xenium(tmp_path, "XEN")
+    out = tmp_path / "XEN.h5"
+    tile_sample(
+        info("XEN", "Xenium", PS_X, "patch", "xenium"),
+        paths,
+        out,
+        TileConfig(progress=False, xenium_target=mode),
+    )
+    t = read_tiles(out)
+    assert t["gene_names"] == sorted(GENES_X)  # panel from the table, no controls, incl. G10/G11
+    cents = shapely.get_coordinates(shapely.centroid(polys))
+    assert cents[0, 0] == S_X and cents[1, 1] == S_X  # the border cells really are on borders
+    truth = _brute_force(ids, cents, tx, W, H, mode)
+    got = {}
+    for k, bc in enumerate(t["barcodes"]):
+        r, c = (int(v) for v in bc.split("x"))
+        np.testing.assert_array_equal(t["coords"][k], [c * S_X, r * S_X])
+        got[(r, c)] = (t["expr"][k], t["n_cells"][k])
+    assert set(got) == set(truth)
+    order = [GENES_X.index(g) for g in t["gene_names"]]
+    for p, (counts, n_cells) in truth.items():
+        np.testing.assert_array_equal(got[p][0], counts[order], err_msg=str(p))
+        assert got[p][1] == n_cells
+    a = t["attrs"]
+    assert a["level"] == "patch" and a["modality"] == "xenium" and a["xenium_target"] == mode
+    assert a["n_dropped_tissue"] == 1 and a["n_spots_total"] == len(truth) + 1
+    assert a["n_transcripts_control"] == tx["feature_name"].isin(CONTROLS).sum()
+    # the border cell: its counts appear in exactly one patch (cells mode)
+    if mode == "cells":
+        total = sum(v[0].sum() for v in truth.values())
+        assert t["expr"].sum() == total
+    # images are the slide at 0.5 um/px
+    assert t["img"].shape[1:] == (PATCH, PATCH, 3)
+
+
+def test_xenium_without_segmentation_uses_transcript_centroids(tmp_path, monkeypatch):
+    """Old-style table: integer cell ids (-1 = none) and binary feature names, no seg file.
+
+    Without the h5ad the panel comes from the table alone (G10, G11 never detected: absent),
+    and the accumulator has to grow while new genes appear batch after batch.
+    """
+    monkeypatch.setattr(tiling, "TRANSCRIPT_BATCH_ROWS", 300)
+    monkeypatch.setattr(tiling, "INITIAL_GENE_CAPACITY", 2)
+
+    def old_style(tx):
+        tx = tx.copy()
+        tx["cell_id"] = [-1 if c == "UNASSIGNED" else int(c[4:7]) for c in tx["cell_id"]]
+        tx["feature_name"] = [g.encode() for g in tx["feature_name"]]
+        return tx
+
+    paths, ids, polys, tx, (W, H) = _write_xenium(
+        tmp_path, "XOLD", with_seg=False, tx_hook=old_style
+    )
+    paths.st.unlink()
+    out = tmp_path / "XOLD.h5"
+    tile_sample(info("XOLD", "Xenium", PS_X, "patch", "xenium"), paths, out, CFG)
+    t = read_tiles(out)
+    assert t["attrs"]["cell_source"] == "transcripts"
+    tx = tx.copy()
+    tx["feature_name"] = [g.decode() for g in tx["feature_name"]]
+    assigned = tx[tx["cell_id"] >= 0]
+    g = assigned.groupby("cell_id")[["he_x", "he_y"]].mean()
+    truth = _brute_force(list(g.index), g.to_numpy(), tx, W, H, "cells")
+    got = {tuple(int(v) for v in bc.split("x")): k for k, bc in enumerate(t["barcodes"])}
+    assert set(got) == set(truth)
+    assert t["gene_names"] == sorted(GENES_X[:10])
+    order = [GENES_X.index(g) for g in t["gene_names"]]
+    for p, (counts, n_cells) in truth.items():
+        np.testing.assert_array_equal(t["expr"][got[p]], counts[order])
+        assert t["n_cells"][got[p]] == n_cells
+
+
+def test_xenium_bad_inputs_leave_no_file(tmp_path):
+    i = info("XB", "Xenium", PS_X, "patch", "xenium")
+    paths, *_ = _write_xenium(tmp_path, "XB")
+    out = tmp_path / "o" / "XB.h5"
+    empty = pa.table(
+        {
+            "feature_name": pa.array([], pa.string()),
+            "he_x": pa.array([], pa.float64()),
+            "he_y": pa.array([], pa.float64()),
+            "qv": pa.array([], pa.float32()),
+            "cell_id": pa.array([], pa.string()),
+        }
+    )
+    pq.write_table(empty, paths.transcripts)
+    with pytest.raises(MintError, match=r"XB .*XB_transcripts\.parquet: transcript table is empty"):
+        tile_sample(i, paths, out, CFG)
+    assert not out.exists()
+    pq.write_table(empty.drop(["he_x"]), paths.transcripts)
+    with pytest.raises(MintError, match=r"XB .*lacks columns \['he_x'\]"):
+        tile_sample(i, paths, out, CFG)
+    # only controls and low-qv transcripts
+    bad = pa.table(
+        {
+            "feature_name": ["BLANK_0001", "G1"],
+            "he_x": [10.0, 20.0],
+            "he_y": [10.0, 20.0],
+            "qv": [30.0, 5.0],
+            "cell_id": ["UNASSIGNED", "UNASSIGNED"],
+        }
+    )
+    pq.write_table(bad, paths.transcripts)
+    with pytest.raises(MintError, match=r"XB .*no transcript left to count"):
+        tile_sample(i, paths, out, TileConfig(progress=False, xenium_target="transcripts"))
+    paths.transcripts.unlink()
+    with pytest.raises(MintError, match=r"XB .*transcript table not found"):
+        tile_sample(i, paths, out, CFG)
+    assert not out.exists() and not list((tmp_path / "o").glob("*"))
+
+
+# ------------------------------------------------------------------------- CLI and end to end
+def _metadata_csv(path: Path, rows: list[dict]) -> Path:
+    from mint.hest.metadata import REQUIRED_COLUMNS
+
+    df = pd.DataFrame(rows)
+    for c in REQUIRED_COLUMNS:
+        if c not in df:
+            df[c] = "x"
+    df.to_csv(path, index=False)
+    return path
+
+
+def test_cli_missing_pixel_size(tmp_path, capsys):
+    _visium_sample(tmp_path, "NOPS")
+    csv = _metadata_csv(
+        tmp_path / "meta.csv",
+        [{"id": "NOPS", "st_technology": "Visium", "pixel_size_um_estimated": ""}],
+    )
+    out = tmp_path / "tiles" / "NOPS.h5"
+    rc = main(
+        [
+            "tile",
+            "--sample",
+            "NOPS",
+            "--hest-dir",
+            str(tmp_path),
+            "--metadata",
+            str(csv),
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 2 and not out.exists()
+    err = capsys.readouterr().err
+    assert "NOPS" in err and "pixel_size_um_estimated" in err
+
+
+def test_end_to_end_on_synthetic_hest(tmp_path):
+    """A's synthetic HEST samples through the CLI: Visium and Xenium, targets consistent."""
+    from mint.synth import hest as synth
+
+    kw = dict(seed=0, n_visium=1, n_st=0, n_xenium=1, slide_size_um=500, n_genes=60)
+    meta = synth.synthetic_metadata(**kw)
+    csv = tmp_path / "hest" / "HEST_metadata.csv"
+    synth.write_metadata_csv(csv, meta)
+    train = [s for s in meta["id"] if not s.startswith("SYNB")]
+    for sid in train:
+        synth.generate_sample(sid, tmp_path / "hest", **kw)
+        out = tmp_path / "tiles" / f"{sid}.h5"
+        rc = main(
+            [
+                "tile",
+                "--sample",
+                sid,
+                "--hest-dir",
+                str(tmp_path / "hest"),
+                "--metadata",
+                str(csv),
+                "--out",
+                str(out),
+                "--threads",
+                "2",
+            ]
+        )
+        assert rc == 0
+        t = read_tiles(out)
+        assert len(t["img"]) > 0 and t["img"].std() > 5
+        row = meta.set_index("id").loc[sid]
+        assert t["attrs"]["pixel_size_um"] == pytest.approx(row["pixel_size_um_estimated"])
+        adata = ad.read_h5ad(tmp_path / "hest" / "st" / f"{sid}.h5ad")
+        if t["attrs"]["level"] == "spot":
+            x = adata[t["barcodes"], t["gene_names"]].X
+            np.testing.assert_array_equal(t["expr"], x.toarray() if sp.issparse(x) else x)
+        else:
+            assert not any(g.startswith(("BLANK", "NegControl")) for g in t["gene_names"])
+            assert t["expr"].sum() > 0 and (t["n_cells"] >= 0).all()
+    # ... then vocabularies and shards from those tiles
+    tiles = [str(tmp_path / "tiles" / f"{sid}.h5") for sid in train]
+    bench = tmp_path / "bench" / "T"
+    bench.mkdir(parents=True)
+    v_genes = read_tiles(tiles[0])["gene_names"]
+    (bench / "var_50genes.json").write_text(json.dumps({"genes": v_genes[:5]}))
+    assert (
+        main(
+            [
+                "vocab",
+                "--tiles",
+                *tiles,
+                "--bench-dir",
+                str(tmp_path / "bench"),
+                "--bench-tasks",
+                "T",
+                "--n-top-genes",
+                "20",
+                "--out-dir",
+                str(tmp_path / "genes"),
+            ]
+        )
+        == 0
+    )
+    assert set(v_genes[:5]) <= set((tmp_path / "genes" / "visium.txt").read_text().split())
+    assert (
+        main(
+            [
+                "shards",
+                "--tiles",
+                *tiles,
+                "--vocab-dir",
+                str(tmp_path / "genes"),
+                "--out-dir",
+                str(tmp_path / "shards"),
+                "--samples-per-shard",
+                "16",
+                "--val-fraction",
+                "0.1",
+                "--seed",
+                "0",
+                "--jpeg-quality",
+                "90",
+            ]
+        )
+        == 0
+    )
+    index = json.loads((tmp_path / "shards" / "index.json").read_text())
+    n_tiles = sum(len(read_tiles(p)["img"]) for p in tiles)
+    assert index["n_train"] + index["n_val"] == n_tiles
+    assert set(index["samples"]) == set(train)

@@ -1,0 +1,187 @@
+"""The WSI reader: pixel geometry against ground truth, padding, pyramid use, clear errors."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from mint.data.wsi import WSI, resample
+from mint.errors import MintError
+from mint.synth.tiff import write_pyramidal_tiff_array
+
+TARGET_UM = 0.5
+PATCH = 224
+
+
+def texture(h: int, w: int, ps: float, seed: int = 0) -> np.ndarray:
+    """Smooth RGB texture defined in micrometres (periods 6-40 um), sampled at pixel centres.
+
+    Slides at different pixel sizes show the same physical image, and any patch can be
+    compared with the texture evaluated directly at the target resolution.
+    """
+    return render_um(np.arange(h) * ps + ps / 2, np.arange(w) * ps + ps / 2, seed)
+
+
+def render_um(y_um: np.ndarray, x_um: np.ndarray, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.meshgrid(y_um, x_um, indexing="ij")
+    out = np.empty((*yy.shape, 3), np.float32)
+    for c in range(3):
+        acc = np.full(yy.shape, 128.0, np.float32)
+        for _ in range(6):
+            period = rng.uniform(6, 40)
+            theta = rng.uniform(0, np.pi)
+            phase = rng.uniform(0, 2 * np.pi)
+            k = 2 * np.pi / period
+            acc += 20 * np.sin(k * (np.cos(theta) * xx + np.sin(theta) * yy) + phase)
+        out[..., c] = acc
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def offset_px(a: np.ndarray, b: np.ndarray) -> float:
+    """Sub-pixel shift between two RGB images by phase correlation."""
+    ga = cv2.cvtColor(a, cv2.COLOR_RGB2GRAY).astype(np.float64)
+    gb = cv2.cvtColor(b, cv2.COLOR_RGB2GRAY).astype(np.float64)
+    (dx, dy), _ = cv2.phaseCorrelate(ga, gb)
+    return float(np.hypot(dx, dy))
+
+
+@pytest.fixture(scope="module")
+def slides(tmp_path_factory):
+    """The same 400 um x 360 um texture at 0.25, 0.5 and 1.0 um/px."""
+    d = tmp_path_factory.mktemp("wsi")
+    out = {}
+    for ps in (0.25, 0.5, 1.0):
+        img = texture(int(360 / ps), int(400 / ps), ps)
+        path = write_pyramidal_tiff_array(d / f"s{ps}.tif", img, pixel_size_um=0.77)
+        out[ps] = (path, img)
+    return out
+
+
+@pytest.mark.parametrize("ps", [0.25, 0.5, 1.0])
+def test_patch_matches_level0_crop_and_truth(slides, ps):
+    path, img = slides[ps]
+    wsi = WSI(path, ps, "S")
+    assert wsi.pixel_size_um == ps  # the metadata's, not the TIFF's (0.77)
+    size_src = wsi.size_at(TARGET_UM, PATCH)
+    assert size_src == round(PATCH * TARGET_UM / ps)
+    rng = np.random.default_rng(1)
+    for _ in range(8):
+        cx = int(rng.integers(size_src // 2 + 2, img.shape[1] - size_src // 2 - 2))
+        cy = int(rng.integers(size_src // 2 + 2, img.shape[0] - size_src // 2 - 2))
+        x, y = cx - size_src // 2, cy - size_src // 2
+        patch = wsi.read_region(x, y, size_src, PATCH)
+        assert patch.shape == (PATCH, PATCH, 3) and patch.dtype == np.uint8
+        crop = img[y : y + size_src, x : x + size_src]
+        interp = cv2.INTER_AREA if size_src >= PATCH else cv2.INTER_LINEAR
+        ref = cv2.resize(crop, (PATCH, PATCH), interpolation=interp)
+        mad = np.abs(patch.astype(int) - ref).mean()
+        assert mad < 3.0, (ps, x, y, mad)
+        assert offset_px(ref, patch) <= 1.0
+        # Physical ground truth: the texture evaluated on the 0.5 um grid around the centre.
+        c_um = np.array([cx, cy]) * ps
+        grid = c_um[:, None] - PATCH * TARGET_UM / 2 + (np.arange(PATCH) + 0.5) * TARGET_UM
+        truth = render_um(grid[1], grid[0])
+        assert offset_px(truth, patch) <= 1.0
+        assert np.abs(patch.astype(int) - truth).mean() < 6.0
+
+
+def test_reads_from_the_best_level(slides):
+    path, _ = slides[0.25]
+    wsi = WSI(path, 0.25, "S")
+    assert len(wsi.level_downsamples) >= 2
+    assert wsi.best_level(2.0) == 1  # 0.25 -> 0.5 um/px: level 1, no resize
+    assert wsi.best_level(1.9) == 0
+    assert wsi.best_level(0.5) == 0
+    assert wsi.best_level(100.0) == len(wsi.level_downsamples) - 1
+    calls = []
+    orig = wsi._read_level
+
+    def spy(level, *a):
+        calls.append((level, a[2], a[3]))
+        return orig(level, *a)
+
+    wsi._read_level = spy
+    wsi.read_region(100, 100, 448, 224)
+    assert calls == [(1, 224, 224)]  # exact level-1 box: read 224 x 224 pixels, nothing more
+
+
+def test_outside_is_white_and_inside_is_kept(slides):
+    path, img = slides[0.5]
+    wsi = WSI(path, 0.5, "S")
+    h, w = img.shape[:2]
+    patch = wsi.read_region(w - 100, h - 50, 224, 224)
+    assert (patch[60:, :] == 255).all() and (patch[:, 110:] == 255).all()
+    np.testing.assert_array_equal(patch[:50, :100], img[h - 50 :, w - 100 :])
+    corner = wsi.read_region(-30, -40, 224, 224)
+    assert (corner[:40] == 255).all() and (corner[:, :30] == 255).all()
+    np.testing.assert_array_equal(corner[40:, 30:], img[: 224 - 40, : 224 - 30])
+
+
+def test_thumbnail_and_downscaled(slides):
+    path, img = slides[0.25]
+    wsi = WSI(path, 0.25, "S")
+    th = wsi.thumbnail(200)
+    assert max(th.shape[:2]) <= 200 and th.shape[2] == 3
+    small, scale = wsi.downscaled(4.0)
+    assert scale == pytest.approx(16.0)
+    assert small.shape[:2] == (int(np.ceil(img.shape[0] / 16)), int(np.ceil(img.shape[1] / 16)))
+    ref = cv2.resize(img, (small.shape[1], small.shape[0]), interpolation=cv2.INTER_AREA)
+    assert np.abs(small.astype(int) - ref).mean() < 4
+
+
+def test_odd_sized_pyramid(tmp_path):
+    """Levels whose downsample is not a power of two (odd sides) stay aligned."""
+    ps = 0.25
+    img = texture(1001, 1203, ps, seed=3)
+    path = write_pyramidal_tiff_array(tmp_path / "odd.tif", img, pixel_size_um=ps)
+    wsi = WSI(path, ps, "ODD")
+    assert any(abs(d - round(d)) > 1e-4 for d in wsi.level_downsamples[1:])
+    for x, y in [(101, 203), (500, 500), (700, 480)]:
+        patch = wsi.read_region(x, y, 448, 224)
+        ref = cv2.resize(img[y : y + 448, x : x + 448], (224, 224), interpolation=cv2.INTER_AREA)
+        assert np.abs(patch.astype(int) - ref).mean() < 3.0
+        assert offset_px(ref, patch) <= 1.0
+
+
+def test_resample_fractional_box_is_exact_for_linear_content():
+    """A horizontal ramp shifted by a fraction of a pixel lands where the geometry says."""
+    ramp = np.tile(np.arange(300, dtype=np.float64)[None, :, None], (50, 1, 3))
+    img = np.clip(ramp * 0.8, 0, 255).astype(np.uint8)
+    out = resample(img, 10.5, 5.0, 100.0, 20.0, 100, 20)
+    # Output pixel u covers [10.5 + u, 11.5 + u): its centre is input pixel-centre coordinate
+    # 10.5 + u, halfway between input pixels 10 + u and 11 + u.
+    expected = np.interp(10.5 + np.arange(100), np.arange(300), img[0, :, 0].astype(float))
+    assert np.abs(out[10, :, 0].astype(float) - expected).max() <= 0.5 + 1e-9
+    # Shrinking by 2.5 from a fractional start: area-weighted means land at the right place.
+    out = resample(img, 20.25, 0.0, 250.0, 50.0, 100, 20)
+    centres = 20.25 + (np.arange(100) + 0.5) * 2.5 - 0.5
+    expected = np.interp(centres, np.arange(300), img[0, :, 0].astype(float))
+    assert np.abs(out[10, 2:-2, 0].astype(float) - expected[2:-2]).max() <= 1.0
+
+
+@pytest.mark.parametrize("bad", [None, float("nan"), 0, -0.5, "abc", ""])
+def test_bad_pixel_size(slides, bad):
+    path, _ = slides[0.5]
+    with pytest.raises(MintError, match="S1.*pixel_size_um_estimated"):
+        WSI(path, bad, "S1")
+
+
+def test_missing_and_corrupt_slides(tmp_path, slides):
+    with pytest.raises(MintError, match=r"S2 .*nope\.tif: slide file not found"):
+        WSI(tmp_path / "nope.tif", 0.5, "S2")
+    junk = tmp_path / "junk.tif"
+    junk.write_bytes(b"II*\x00" + bytes(range(256)) * 4)
+    with pytest.raises(MintError, match=r"S3 .*junk\.tif: cannot open slide"):
+        WSI(junk, 0.5, "S3")
+    # A real TIFF cut in half: the header opens, the tiles do not decode.
+    path, _ = slides[0.5]
+    data = path.read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(data[: len(data) // 3])
+    with pytest.raises(MintError, match=r"S4 .*cut\.tif"):
+        w = WSI(cut, 0.5, "S4")
+        for y in range(0, w.height, 200):
+            for x in range(0, w.width, 200):
+                w.read_region(x, y, 224, 224)
