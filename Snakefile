@@ -7,7 +7,6 @@ import os
 
 from snakemake.utils import min_version, validate
 
-
 min_version("9.0")
 
 

@@ -49,6 +49,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp_path.chmod(0o755)  # mkdtemp makes it private; outputs should be as readable as files
     try:
         yield tmp_path
         if path.exists():

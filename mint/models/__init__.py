@@ -1,0 +1,1 @@
+"""Backbones (registry), the ST-token ViT wrapper, expression heads and the Encoder API."""

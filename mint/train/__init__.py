@@ -1,0 +1,1 @@
+"""MINT fine-tuning: config, WebDataset input, multi-crop, DINO, losses, trainer, export."""

@@ -15,18 +15,19 @@ rule embed:
         "logs/bench/embed_{model}_{task}.log",
     benchmark:
         "benchmarks/out/bench/embed_{model}_{task}.tsv"
-    params:
-        spec=model_spec,
-        opts=f"--batch-size {BENCH_CFG['batch_size']} --num-workers {BENCH_CFG['num_workers']}",
+    conda:
+        ENV
     threads: max(1, BENCH_CFG["num_workers"])
     resources:
         mem_mb=32000,
         runtime=240,
         gpu=BENCH_CFG["gpus"],
-    conda:
-        ENV
+    params:
+        bench=folder_of("task"),
+        spec=model_spec,
+        opts=f"--batch-size {BENCH_CFG['batch_size']} --num-workers {BENCH_CFG['num_workers']}",
     shell:
-        "mint embed --model {params.spec} --bench-dir {BENCH} --task {wildcards.task} "
+        "mint embed --model {params.spec} --bench-dir {params.bench} --task {wildcards.task} "
         "--out-dir {output} {params.opts} 2> {log}"
 
 
@@ -38,7 +39,14 @@ rule probe:
         "results/bench/{model}/{task}.json",
     log:
         "logs/bench/probe_{model}_{task}.log",
+    conda:
+        ENV
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=120,
     params:
+        bench=folder_of("task"),
         variants=" ".join(BENCH_CFG["variants"]),
         pca=(
             f"--pca-components {BENCH_CFG['pca_components']}"
@@ -46,14 +54,8 @@ rule probe:
             else "--no-pca"
         ),
         seed=BENCH_CFG["seed"],
-    threads: 2
-    resources:
-        mem_mb=16000,
-        runtime=120,
-    conda:
-        ENV
     shell:
-        "mint probe --embeddings {input.embeddings} --bench-dir {BENCH} --task {wildcards.task} "
+        "mint probe --embeddings {input.embeddings} --bench-dir {params.bench} --task {wildcards.task} "
         "--model {wildcards.model} --variants {params.variants} {params.pca} --seed {params.seed} "
         "--out {output} 2> {log}"
 

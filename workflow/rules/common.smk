@@ -63,7 +63,8 @@ def selection_args():
         ("--exclude", "exclude"),
     ]:
         if SEL[key]:
-            args.append(flag + " " + " ".join(f"'{v}'" for v in SEL[key]))
+            values = " ".join(f"'{v}'" for v in SEL[key])
+            args.append(f"{flag} {values}")
     if not SEL["exclude_bench"]:
         args.append("--no-exclude-bench")
     if SEL["exclude_leakage"]:
@@ -99,7 +100,9 @@ for _spec in config["extra_models"]:
     MODEL_SPECS[model_key(_spec)] = _spec
 for _run in RUNS:
     if _run in MODEL_SPECS:
-        raise ValueError(f"config 'train.runs': run name {_run!r} clashes with a backbone name")
+        raise ValueError(
+            f"config 'train.runs': run name {_run!r} clashes with a backbone name"
+        )
     MODEL_SPECS[_run] = f"results/models/{_run}"
 MODELS = list(MODEL_SPECS)
 
@@ -144,6 +147,21 @@ def gpu_resources(n):
     return {"gpu": n} if n > 0 else {}
 
 
+def folder_of(name, up=1, of="input"):
+    """A params function: the folder `up` levels above a rule's input or output file.
+
+    Passing folders this way (not as module-level constants) keeps provenance with the files.
+    """
+
+    def folder(wildcards, input, output):
+        files = input if of == "input" else output
+        value = files[name] if isinstance(name, int) else getattr(files, name)
+        path = Path(value[0] if isinstance(value, list) else value)
+        return str(path.parents[up - 1])
+
+    return folder
+
+
 def one_of(names):
     return "|".join(re.escape(n) for n in names)
 
@@ -154,3 +172,95 @@ wildcard_constraints:
     run=one_of(RUNS),
     model=one_of(MODELS),
     eva_task=r"[a-z0-9_]+",
+
+
+# ---------------------------------------------------------------- download
+
+
+def download_source_args():
+    h = config["hest"]
+    if SOURCE == "hub":
+        return f"--repo-id {h['repo_id']} --retries {h['retries']}"
+    if SOURCE == "local":
+        if not h["local_dir"]:
+            raise ValueError(
+                "config 'hest.local_dir' is required when hest.source is 'local'"
+            )
+        return f"--local-dir '{h['local_dir']}'" + (" --copy" if h["copy"] else "")
+    return SYNTH_ARGS
+
+
+def bench_source_args():
+    b = config["bench_data"]
+    if BENCH_SOURCE == "hub":
+        return f"--repo-id {b['repo_id']} --retries {config['hest']['retries']}"
+    if BENCH_SOURCE == "local":
+        if not b["local_dir"]:
+            raise ValueError(
+                "config 'bench_data.local_dir' is required when bench_data.source is 'local'"
+            )
+        return f"--local-dir '{b['local_dir']}'"
+    return SYNTH_ARGS
+
+
+# ---------------------------------------------------------------- tiles
+
+
+def tile_output(path):
+    """Tiles are disposable once shards exist when shards.temp is set (saves disk on real runs)."""
+    return temp(path) if config["shards"]["temp"] else path
+
+
+# ---------------------------------------------------------------- eva
+from mint.eva.tasks import TASKS as EVA_TASK_SPECS
+
+EVA = config["eva"]
+EVA_TASKS = EVA["tasks"] if EVA["enabled"] else []
+for _task in EVA_TASKS:
+    if _task not in EVA_TASK_SPECS:
+        raise ValueError(
+            f"config 'eva.tasks': unknown task {_task!r}; known: {', '.join(EVA_TASK_SPECS)}"
+        )
+EVA_ROOT = EVA["data_root"] or "resources/eva"
+EVA_OFFLINE = [t for t in EVA_TASKS if EVA_TASK_SPECS[t].offline]
+
+
+def eva_common_args(wildcards):
+    return (
+        f"--task {wildcards.eva_task} --model {MODEL_SPECS[wildcards.model]} "
+        f"--model-name {wildcards.model} --data-root {EVA_ROOT} "
+        + ("--download " if EVA["download"] else "--no-download ")
+        + f"--embedding {EVA['embedding']} --accelerator {EVA['accelerator']} "
+        f"--num-workers {EVA['num_workers']} --overrides '{json.dumps(EVA['overrides'])}'"
+    )
+
+
+def eva_data(wildcards):
+    """Only the synthetic demo task is made by the workflow; real datasets are the user's."""
+    return [f"{EVA_ROOT}/synthetic"] if wildcards.eva_task == "synthetic" else []
+
+
+def eva_fit_inputs(wildcards):
+    if EVA_TASK_SPECS[wildcards.eva_task].offline:
+        return [f"results/eva/embeddings/{wildcards.model}/{wildcards.eva_task}"]
+    return eva_data(wildcards) + model_files(wildcards)
+
+
+# ---------------------------------------------------------------- report
+EXAMPLE_SAMPLE = SAMPLES[0]
+
+
+def report_inputs(wildcards):
+    inputs = {
+        "samples": "results/samples.tsv",
+        "leakage": "results/leakage.tsv",
+        "bench": "results/bench/summary.csv",
+        "metrics": expand("results/models/{run}/metrics.csv", run=RUNS),
+        "shards": "results/shards",
+        "wsi": f"{HEST}/wsis/{EXAMPLE_SAMPLE}.tif",
+        "st": f"{HEST}/st/{EXAMPLE_SAMPLE}.h5ad",
+        "metadata": METADATA_CSV,
+    }
+    if config["eva"]["enabled"]:
+        inputs["eva"] = "results/eva/summary.csv"
+    return inputs

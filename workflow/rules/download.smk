@@ -3,30 +3,6 @@
 # it never appears in params, logs or outputs.
 
 
-def download_source_args():
-    h = config["hest"]
-    if SOURCE == "hub":
-        return f"--repo-id {h['repo_id']} --retries {h['retries']}"
-    if SOURCE == "local":
-        if not h["local_dir"]:
-            raise ValueError("config 'hest.local_dir' is required when hest.source is 'local'")
-        return f"--local-dir '{h['local_dir']}'" + (" --copy" if h["copy"] else "")
-    return SYNTH_ARGS
-
-
-def bench_source_args():
-    b = config["bench_data"]
-    if BENCH_SOURCE == "hub":
-        return f"--repo-id {b['repo_id']} --retries {config['hest']['retries']}"
-    if BENCH_SOURCE == "local":
-        if not b["local_dir"]:
-            raise ValueError(
-                "config 'bench_data.local_dir' is required when bench_data.source is 'local'"
-            )
-        return f"--local-dir '{b['local_dir']}'"
-    return SYNTH_ARGS
-
-
 if SOURCE == "synthetic":
 
     rule synth_metadata:
@@ -34,12 +10,13 @@ if SOURCE == "synthetic":
             METADATA_CSV,
         log:
             "logs/download/synth_metadata.log",
-        params:
-            synth=SYNTH_ARGS,
         conda:
             ENV
+        params:
+            hest=folder_of(0, of="output"),
+            synth=SYNTH_ARGS,
         shell:
-            "mint synth --metadata-only --out {HEST} {params.synth} 2> {log}"
+            "mint synth --metadata-only --out {params.hest} {params.synth} 2> {log}"
 
 
 rule download_sample:
@@ -51,18 +28,19 @@ rule download_sample:
         meta=f"{HEST}/metadata/{{sample}}.json",
     log:
         "logs/download/{sample}.log",
-    params:
-        source=SOURCE,
-        extra=download_source_args(),
+    retries: 1
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=2000,
         runtime=240,
-    retries: 1
-    conda:
-        ENV
+    params:
+        hest=folder_of("wsi", up=2, of="output"),
+        source=SOURCE,
+        extra=download_source_args(),
     shell:
-        "mint download --source {params.source} --sample {wildcards.sample} --out-dir {HEST} "
+        "mint download --source {params.source} --sample {wildcards.sample} --out-dir {params.hest} "
         "--metadata {input} {params.extra} 2> {log}"
 
 
@@ -71,17 +49,18 @@ rule download_bench_task:
         directory(f"{BENCH}/{{task}}"),
     log:
         "logs/download/bench_{task}.log",
-    params:
-        source=BENCH_SOURCE,
-        extra=bench_source_args(),
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=2000,
         runtime=240,
-    conda:
-        ENV
+    params:
+        bench=folder_of(0, of="output"),
+        source=BENCH_SOURCE,
+        extra=bench_source_args(),
     shell:
-        "mint download-bench --source {params.source} --task {wildcards.task} --out-dir {BENCH} "
+        "mint download-bench --source {params.source} --task {wildcards.task} --out-dir {params.bench} "
         "{params.extra} 2> {log}"
 
 

@@ -2,24 +2,6 @@
 # every trained run on HEST-Bench and EVA, with training curves and the sample selection.
 # The same figures are registered for `snakemake --report`.
 
-EXAMPLE_SAMPLE = SAMPLES[0]
-
-
-def report_inputs(wildcards):
-    inputs = {
-        "samples": "results/samples.tsv",
-        "leakage": "results/leakage.tsv",
-        "bench": "results/bench/summary.csv",
-        "metrics": expand("results/models/{run}/metrics.csv", run=RUNS),
-        "shards": "results/shards",
-        "wsi": f"{HEST}/wsis/{EXAMPLE_SAMPLE}.tif",
-        "st": f"{HEST}/st/{EXAMPLE_SAMPLE}.h5ad",
-        "metadata": METADATA_CSV,
-    }
-    if config["eva"]["enabled"]:
-        inputs["eva"] = "results/eva/summary.csv"
-    return inputs
-
 
 rule report:
     input:
@@ -38,13 +20,13 @@ rule report:
         ),
     log:
         "logs/report.log",
+    conda:
+        ENV
     params:
         base=BASE_KEY,
         runs=" ".join(RUNS),
         eva=lambda wc, input: f"--eva {input.eva}" if "eva" in input.keys() else "",
         n_tiles=config["report"]["n_example_tiles"],
-    conda:
-        ENV
     shell:
         "mint report --samples {input.samples} --leakage {input.leakage} --bench {input.bench} "
         "{params.eva} --metrics {input.metrics} --runs {params.runs} --base {params.base} "

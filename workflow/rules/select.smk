@@ -11,11 +11,11 @@ rule select:
         leakage="results/leakage.tsv",
     log:
         "logs/select.log",
+    conda:
+        ENV
     params:
         source=SOURCE,
         filters=selection_args(),
-    conda:
-        ENV
     shell:
         "mint select --metadata {input} --out {output.samples} --leakage-out {output.leakage} "
         "--source {params.source} {params.filters} 2> {log}"

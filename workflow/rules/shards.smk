@@ -13,17 +13,18 @@ rule vocab:
         xenium="results/genes/xenium.txt",
     log:
         "logs/vocab.log",
-    params:
-        n_top=config["vocab"]["n_top_genes"],
-        tasks=" ".join(BENCH_TASKS),
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=16000,
         runtime=120,
-    conda:
-        ENV
+    params:
+        bench=folder_of("bench"),
+        n_top=config["vocab"]["n_top_genes"],
+        tasks=" ".join(BENCH_TASKS),
     shell:
-        "mint vocab --tiles {input.tiles} --bench-dir {BENCH} --bench-tasks {params.tasks} "
+        "mint vocab --tiles {input.tiles} --bench-dir {params.bench} --bench-tasks {params.tasks} "
         "--n-top-genes {params.n_top} --out-dir results/genes 2> {log}"
 
 
@@ -39,7 +40,14 @@ rule shards:
         "logs/shards.log",
     benchmark:
         "benchmarks/out/shards.tsv"
+    conda:
+        ENV
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=720,
     params:
+        bench=folder_of("bench"),
         opts=(
             f"--samples-per-shard {SHARDS['samples_per_shard']} "
             f"--val-fraction {SHARDS['val_fraction']} --seed {SHARDS['seed']} "
@@ -47,13 +55,7 @@ rule shards:
         ),
         # Leakage guard: shards refuse any tile of a bench sample.
         tasks=" ".join(BENCH_TASKS),
-    threads: 2
-    resources:
-        mem_mb=16000,
-        runtime=720,
-    conda:
-        ENV
     shell:
         "mint shards --tiles {input.tiles} --vocab-dir results/genes --out-dir {output} "
-        "--bench-dir {BENCH} --bench-tasks {params.tasks} --workers {threads} {params.opts} "
+        "--bench-dir {params.bench} --bench-tasks {params.tasks} --workers {threads} {params.opts} "
         "2> {log}"

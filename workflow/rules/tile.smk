@@ -4,11 +4,6 @@
 TILE = config["tile"]
 
 
-def tile_output(path):
-    """Tiles are disposable once shards exist when shards.temp is set (saves disk on real runs)."""
-    return temp(path) if config["shards"]["temp"] else path
-
-
 rule tile_sample:
     input:
         wsi=f"{HEST}/wsis/{{sample}}.tif",
@@ -21,20 +16,22 @@ rule tile_sample:
         "logs/tile/{sample}.log",
     benchmark:
         "benchmarks/out/tile/{sample}.tsv"
-    params:
-        opts=(
-            f"--patch-size {TILE['patch_size_px']} --pixel-size {TILE['pixel_size_um']} "
-            f"--min-tissue {TILE['min_tissue_fraction']} --xenium-target {TILE['xenium_target']} "
-            f"--min-qv {TILE['min_qv']}" + ("" if TILE["drop_controls"] else " --keep-controls")
-        ),
+    conda:
+        ENV
     threads: TILE["threads"]
     resources:
         mem_mb=lambda wc, attempt: TILE["mem_mb"] * attempt,
         runtime=lambda wc, attempt: 120 * attempt,
-    conda:
-        ENV
+    params:
+        hest=folder_of("wsi", up=2),
+        opts=(
+            f"--patch-size {TILE['patch_size_px']} --pixel-size {TILE['pixel_size_um']} "
+            f"--min-tissue {TILE['min_tissue_fraction']} --xenium-target {TILE['xenium_target']} "
+            f"--min-qv {TILE['min_qv']}"
+            + ("" if TILE["drop_controls"] else " --keep-controls")
+        ),
     shell:
-        "mint tile --sample {wildcards.sample} --hest-dir {HEST} --metadata {input.metadata} "
+        "mint tile --sample {wildcards.sample} --hest-dir {params.hest} --metadata {input.metadata} "
         "--out {output} {params.opts} --threads {threads} 2> {log}"
 
 

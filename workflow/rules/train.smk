@@ -16,18 +16,18 @@ rule train_run:
         "logs/train/{run}.log",
     benchmark:
         "benchmarks/out/train/{run}.tsv"
-    params:
-        hp=lambda wc: train_params(wc.run),
-        # torchrun's process count follows the GPUs the job actually gets (profile may override)
-        launcher=lambda wc, resources: torch_launcher(resources.gpu, resources.nodes),
+    conda:
+        ENV
     threads: TRAIN["threads"]
     resources:
         mem_mb=TRAIN["mem_mb"],
         runtime=TRAIN["runtime"],
         gpu=TRAIN["gpus"],
         nodes=TRAIN["nodes"],
-    conda:
-        ENV
+    params:
+        hp=lambda wc: train_params(wc.run),
+        # torchrun's process count follows the GPUs the job actually gets (profile may override)
+        launcher=lambda wc, resources: torch_launcher(resources.gpu, resources.nodes),
     shell:
         "{params.launcher} train --index {input}/index.json "
         "--out-dir results/models/{wildcards.run} --params '{params.hp}' 2> {log}"

@@ -1,0 +1,190 @@
+"""A timm VisionTransformer with one extra learnable "ST" token, without changing timm's code.
+
+Token order: `[CLS, registers..., ST, patches...]`. The wrapper repeats timm's own
+`forward_features` steps (patch_embed -> _pos_embed -> patch_drop -> norm_pre -> blocks -> norm)
+and slips the ST token in right after the positional embedding, so it has no position of its own
+and timm's position-embedding resampling (which relies on `num_prefix_tokens`) is untouched.
+
+Initialisation: the ST token starts as the CLS token *as it enters the blocks*. For ViTs whose
+CLS token receives a position embedding (`no_embed_class=False`), that is `cls_token +
+pos_embed[:, 0]`; for `no_embed_class=True` it is `cls_token` itself. Either way the ST token's
+first input equals the CLS token's, so it starts from the pretrained summary token.
+
+`st_isolation=True` adds a float attention mask (0 / -inf) so that no token except the ST token
+itself attends to the ST token. CLS, register and patch outputs are then exactly those of the
+unwrapped model at initialisation (the pretrained representation is untouched at step 0), while
+the ST token still reads every token.
+
+The wrapper switches timm's dynamic image size on (patch embedding in NHWC, position
+embedding resampled per input size) so that DINO's small local crops run through any ViT; at the
+model's native size the resampling is an identity and the result is unchanged.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from mint.errors import MintError
+
+
+def enable_dynamic_img_size(vit: nn.Module) -> None:
+    """Let `vit` take any input size divisible by its patch size (as timm's own flag does)."""
+    if getattr(vit, "dynamic_img_size", False):
+        return
+    from timm.layers import Format
+
+    pe = vit.patch_embed
+    pe.strict_img_size = False
+    pe.flatten = False
+    pe.output_fmt = Format.NHWC
+    vit.dynamic_img_size = True
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """dtype the attention scores will have (the autocast dtype inside autocast)."""
+    dev = t.device.type
+    try:
+        if torch.is_autocast_enabled(dev):
+            return torch.get_autocast_dtype(dev)
+    except (TypeError, AttributeError):  # torch < 2.4
+        if dev == "cuda" and torch.is_autocast_enabled():
+            return torch.get_autocast_gpu_dtype()
+    return t.dtype
+
+
+def _blocks_take_mask(vit: nn.Module) -> bool:
+    return all("attn_mask" in inspect.signature(b.forward).parameters for b in vit.blocks)
+
+
+class STTokenViT(nn.Module):
+    """Wraps a timm VisionTransformer; `forward` returns a dict of pooled outputs.
+
+    Args:
+        vit: a timm VisionTransformer (any: registers, no_embed_class, SwiGLU, layer scale).
+        st_token: insert the ST token (False = plain ViT through the same code path).
+        st_isolation: mask attention so only the ST token attends to the ST token.
+    """
+
+    def __init__(self, vit: nn.Module, st_token: bool = True, st_isolation: bool = False) -> None:
+        super().__init__()
+        self.vit = vit
+        self.has_st = bool(st_token)
+        self.st_isolation = bool(st_isolation) and self.has_st
+        self.grad_checkpointing = False
+        enable_dynamic_img_size(vit)
+        if self.st_isolation and not _blocks_take_mask(vit):
+            raise MintError(
+                f"backbone {type(vit).__name__}: st_isolation needs timm blocks whose forward "
+                "takes attn_mask (timm >= 1.0.16); set st_isolation false"
+            )
+        # PatchDropout (if any) runs before the ST token is inserted: its prefix count stays right.
+        self.num_prefix_tokens = int(vit.num_prefix_tokens)
+        self.has_class_token = bool(getattr(vit, "has_class_token", vit.cls_token is not None))
+        self.embed_dim = int(vit.embed_dim)
+        self.patch_size = int(vit.patch_embed.patch_size[0])
+        if self.has_st:
+            self.st_token = nn.Parameter(self._initial_st())
+        else:
+            self.register_parameter("st_token", None)
+        self._mask_cache: dict[tuple, torch.Tensor] = {}
+
+    # -- set-up ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def _initial_st(self) -> torch.Tensor:
+        vit = self.vit
+        if vit.cls_token is not None:
+            st = vit.cls_token.detach().clone()
+            if vit.pos_embed is not None and not vit.no_embed_class:
+                st = st + vit.pos_embed[:, :1].detach()
+            return st
+        st = torch.empty(1, 1, self.embed_dim)
+        nn.init.trunc_normal_(st, std=0.02)
+        return st
+
+    @property
+    def st_index(self) -> int:
+        """Position of the ST token in the sequence (after CLS and registers)."""
+        return self.num_prefix_tokens
+
+    @property
+    def patch_start(self) -> int:
+        return self.num_prefix_tokens + (1 if self.has_st else 0)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def token_layout(self) -> dict:
+        n_reg = int(getattr(self.vit, "num_reg_tokens", 0))
+        order = (["cls"] if self.has_class_token else []) + ["reg"] * n_reg
+        if self.has_st:
+            order.append("st")
+        order.append("patches")
+        return {
+            "order": order,
+            "num_prefix_tokens": self.num_prefix_tokens,
+            "num_reg_tokens": n_reg,
+            "st_index": self.st_index if self.has_st else None,
+            "patch_start": self.patch_start,
+            "no_embed_class": bool(self.vit.no_embed_class),
+            "st_isolation": self.st_isolation,
+        }
+
+    def _isolation_mask(self, n: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        key = (n, device, dtype)
+        mask = self._mask_cache.get(key)
+        if mask is None:
+            mask = torch.zeros(n, n, device=device, dtype=dtype)
+            s = self.st_index
+            mask[:, s] = float("-inf")
+            mask[s, s] = 0.0
+            if len(self._mask_cache) > 8:  # global and local crop sizes alternate: keep a few
+                self._mask_cache.clear()
+            self._mask_cache[key] = mask
+        return mask
+
+    # -- forward ---------------------------------------------------------------------------
+    def forward_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """All output tokens [B, N, D] (after the final norm) and the patch grid (h, w)."""
+        vit = self.vit
+        grid = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
+        t = vit.patch_embed(x)
+        t = vit._pos_embed(t)  # includes pos_drop
+        t = vit.patch_drop(t)
+        if self.has_st:
+            st = self.st_token.to(t.dtype).expand(t.shape[0], -1, -1)
+            p = self.num_prefix_tokens
+            t = torch.cat([t[:, :p], st, t[:, p:]], dim=1)
+        t = vit.norm_pre(t)
+        mask = None
+        if self.st_isolation:
+            mask = self._isolation_mask(t.shape[1], t.device, _compute_dtype(t))
+        use_ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled()
+        for blk in vit.blocks:
+            if use_ckpt:
+                if mask is None:
+                    t = checkpoint(blk, t, use_reentrant=False)
+                else:
+                    t = checkpoint(blk, t, attn_mask=mask, use_reentrant=False)
+            elif mask is None:
+                t = blk(t)
+            else:
+                t = blk(t, attn_mask=mask)
+        t = vit.norm(t)
+        return t, grid
+
+    def forward(self, x: torch.Tensor, return_tokens: bool = False) -> dict[str, torch.Tensor]:
+        tokens, grid = self.forward_tokens(x)
+        patches = tokens[:, self.patch_start :]
+        out: dict[str, torch.Tensor] = {"patch_mean": patches.mean(dim=1)}
+        out["cls"] = tokens[:, 0] if self.has_class_token else out["patch_mean"]
+        if self.has_st:
+            out["st"] = tokens[:, self.st_index]
+        if return_tokens:
+            out["tokens"] = tokens
+            out["patch_tokens"] = patches
+            out["grid"] = torch.tensor(grid)
+        return out

@@ -1,0 +1,189 @@
+"""End-to-end training on tiny shards: CLI, preemption + resume, export, offline load_model."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mint.cli import main
+from mint.train.config import TrainConfig
+from mint.train.toy import write_toy_shards
+from mint.train.trainer import latest_checkpoint, train
+
+torch.set_num_threads(1)
+
+PARAMS = {
+    "backbone": "tiny-vit",
+    "steps": 6,
+    "batch_size": 4,
+    "global_crop_size": 64,
+    "n_local_crops": 2,
+    "dino_prototypes": 16,
+    "dino_hidden_dim": 16,
+    "dino_bottleneck_dim": 8,
+    "teacher_temp_warmup_steps": 4,
+    "freeze_last_layer_steps": 2,
+    "warmup_steps": 2,
+    "lr": 1e-3,
+    "head_lr": 1e-2,
+    "num_workers": 2,
+    "shuffle_buffer": 8,
+    "checkpoint_every": 3,
+    "log_every": 2,  # not a divisor of checkpoint_every: a log window spans the preemption
+    "val_every": 3,
+}
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    d = tmp_path_factory.mktemp("toy_resume")
+    return write_toy_shards(d, n_train=40, n_val=8, samples_per_shard=8, image_size=64)
+
+
+@pytest.fixture(scope="module")
+def full_run(shards, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "full"
+    rc = main(
+        ["train", "--index", str(shards), "--out-dir", str(out), "--params", json.dumps(PARAMS)]
+    )
+    assert rc == 0
+    return out
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def _assert_same_metrics(a: list[dict], b: list[dict]) -> None:
+    assert [(r["step"], r["split"]) for r in a] == [(r["step"], r["split"]) for r in b]
+    for ra, rb in zip(a, b, strict=True):
+        for col in ("loss", "loss_visium", "loss_xenium", "loss_dino", "loss_anchor", "lr"):
+            if ra[col] == "":
+                assert rb[col] == ""
+            else:
+                assert float(ra[col]) == pytest.approx(float(rb[col]), rel=1e-5, abs=1e-7), col
+
+
+def test_full_run_writes_outputs(full_run):
+    for name in ("model.safetensors", "config.json", "metrics.csv"):
+        assert (full_run / name).is_file()
+    assert list((full_run / "tensorboard").iterdir())
+    rows = _rows(full_run / "metrics.csv")
+    train_rows = [r for r in rows if r["split"] == "train"]
+    val_rows = [r for r in rows if r["split"] == "val"]
+    assert [int(r["step"]) for r in train_rows] == [2, 4, 6]
+    assert [int(r["step"]) for r in val_rows] == [0, 3, 6]
+    for col in (
+        "loss",
+        "loss_visium",
+        "loss_xenium",
+        "loss_dino",
+        "loss_anchor",
+        "lr",
+        "images_per_s",
+    ):
+        assert all(r[col] != "" for r in train_rows), col
+    cfg = json.loads((full_run / "config.json").read_text())
+    assert cfg["backbone"] == "tiny-vit" and cfg["token_layout"]["st_index"] == 3
+    assert set(cfg["vocab"]) == {"visium", "xenium"} and cfg["steps"] == 6
+
+
+def test_preempted_run_resumes_to_identical_result(shards, full_run, tmp_path):
+    out = tmp_path / "resumed"
+    cfg = TrainConfig.from_dict(PARAMS)
+    # "killed" after step 5: the last checkpoint is step 3, metrics.csv already has step 4
+    assert train(cfg, shards, out, device="cpu", stop_after=5) is None
+    assert latest_checkpoint(out / "checkpoints").name == "step-000000003.pt"
+    assert not (out / "model.safetensors").exists()
+    assert max(int(r["step"]) for r in _rows(out / "metrics.csv")) == 4
+    rc = main(
+        ["train", "--index", str(shards), "--out-dir", str(out), "--params", json.dumps(PARAMS)]
+    )
+    assert rc == 0
+    _assert_same_metrics(_rows(full_run / "metrics.csv"), _rows(out / "metrics.csv"))
+    a = load_file(str(full_run / "model.safetensors"))
+    b = load_file(str(out / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_changed_configuration_starts_afresh(shards, full_run, tmp_path):
+    out = tmp_path / "changed"
+    cfg = TrainConfig.from_dict({**PARAMS, "steps": 3, "num_workers": 0})
+    train(cfg, shards, out, device="cpu", stop_after=None)
+    other = TrainConfig.from_dict({**PARAMS, "steps": 2, "lr": 5e-4, "num_workers": 0})
+    train(other, shards, out, device="cpu")
+    rows = _rows(out / "metrics.csv")
+    assert max(int(r["step"]) for r in rows) == 2
+    assert json.loads((out / "config.json").read_text())["train"]["lr"] == 5e-4
+
+
+def test_unknown_param_is_a_one_line_error(shards, tmp_path, capsys):
+    rc = main(
+        [
+            "train",
+            "--index",
+            str(shards),
+            "--out-dir",
+            str(tmp_path / "x"),
+            "--params",
+            '{"steps": 2, "learning_rate": 1}',
+        ]
+    )
+    assert rc == 2
+    assert "learning_rate" in capsys.readouterr().err
+
+
+def test_export_loads_offline_in_a_fresh_process(full_run, tmp_path):
+    from mint import load_model
+
+    enc = load_model(full_run)
+    assert enc.has_st and enc.embed_dim == 64 and enc.img_size == 224
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = {k: v.numpy() for k, v in enc(x).items()}
+    np.save(tmp_path / "x.npy", x.numpy())
+    code = (
+        "import sys, numpy as np, torch, mint\n"
+        "m = mint.load_model(sys.argv[1])\n"
+        "x = torch.from_numpy(np.load(sys.argv[2]))\n"
+        "with torch.no_grad():\n"
+        "    out = m(x)\n"
+        "np.savez(sys.argv[3], **{k: v.numpy() for k, v in out.items()})\n"
+    )
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_TOKEN="",
+        OMP_NUM_THREADS="1",
+        HF_HOME=str(tmp_path / "empty_hf_home"),
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            str(full_run),
+            str(tmp_path / "x.npy"),
+            str(tmp_path / "o.npz"),
+        ],
+        check=True,
+        env=env,
+        timeout=120,
+    )
+    got = np.load(tmp_path / "o.npz")
+    assert set(got.files) == {"cls", "st", "patch_mean"}
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6)
