@@ -226,3 +226,72 @@ def test_changing_a_training_hyperparameter_reruns_training_and_evaluation_only(
     assert counts.get("embed") == len(
         [t for t in (demo_run / "resources/hest-bench").iterdir() if t.is_dir()]
     )
+
+
+@pytest.mark.slow
+def test_demo_mint_beats_base_on_synthetic_hest_bench(demo_run):
+    """The synthetic expression is a function of the tissue mix that the morphology shows, so
+    MINT's ST token (alone or with CLS) must predict it better than the base model's CLS."""
+    import pandas as pd
+
+    df = pd.read_csv(demo_run / "results/bench/summary.csv")
+    tasks = [c for c in df.columns if c.startswith("SYNTH_")]
+    assert len(tasks) == 2
+    base = df[(df["model"] == "tiny-vit") & (df["variant"] == "cls")].iloc[0]
+    mint = df[df["model"] == "mint"].set_index("variant")
+    best = max(mint.at["st", "average"], mint.at["cls+st", "average"])
+    assert best > base["average"] + 0.02, (best, base["average"])
+    for task in tasks:
+        assert max(mint.at["st", task], mint.at["cls+st", task]) > base[task], task
+
+
+@pytest.mark.slow
+def test_demo_eva_results_come_from_eva(demo_run):
+    """results.json is eva's own file (copied from its timestamped run folder), and the summary
+    holds the headline metric read from it."""
+    import json
+
+    import pandas as pd
+
+    summary = pd.read_csv(demo_run / "results/eva/summary.csv").set_index("model")
+    assert set(summary.index) == {"tiny-vit", "mint"}
+    for model in summary.index:
+        status = json.loads((demo_run / f"results/eva/{model}/synthetic/status.json").read_text())
+        assert status["status"] == "ok"
+        copied = demo_run / f"results/eva/{model}/synthetic/results.json"
+        original = demo_run / status["source"]
+        # eva wrote the original inside its own run root, in a timestamped folder.
+        assert original.is_file() and original.parent.parent == (
+            demo_run / f"results/eva/runs/{model}/synthetic"
+        )
+        assert copied.read_bytes() == original.read_bytes()
+        metrics = json.loads(copied.read_text())["metrics"]
+        split = status["split"]
+        entry = next(
+            v for d in metrics[split] for k, v in d.items() if k == f"{split}/{status['metric']}"
+        )
+        assert summary.at[model, "synthetic"] == pytest.approx(entry["mean"], abs=1e-4)
+        assert 0.0 <= entry["mean"] <= 1.0
+
+
+@pytest.mark.slow
+def test_demo_training_curves_and_held_out_loss(demo_run):
+    import pandas as pd
+
+    m = pd.read_csv(demo_run / "results/models/mint/metrics.csv")
+    train = m[m["split"] == "train"]
+    for term in ["loss", "loss_visium", "loss_xenium", "loss_dino", "loss_anchor", "lr"]:
+        assert train[term].notna().any(), term
+    val = m[m["split"] == "val"].sort_values("step")
+    first, last = val.iloc[0], val.iloc[-1]
+    reg = ["loss_visium", "loss_xenium"]
+    assert last[reg].sum() < 0.9 * first[reg].sum(), val[["step", *reg]]
+
+
+@pytest.mark.slow
+def test_snakemake_report_includes_the_figures(demo_run, tmp_path):
+    out = tmp_path / "snakemake_report.zip"
+    run_snakemake(
+        ["--report", str(out), "--configfile", str(REPO / "config/demo.yaml")], demo_run
+    )
+    assert out.exists() and out.stat().st_size > 10000

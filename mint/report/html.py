@@ -134,6 +134,8 @@ def bench_section(summary_csv: str, base: str, runs: list[str]) -> tuple[Section
         by=["role", "model", "variant"],
         key=lambda s: s.map(ROLE_ORDER) if s.name == "role" else s,
     )
+    # A variant a model cannot produce (e.g. `st` of a base model) has no scores: drop its row.
+    df = df[df[[*tasks, "average"]].notna().any(axis=1)]
     df["label"] = df["model"] + " / " + df["variant"]
     sec.blocks.append(
         "<p>Mean Pearson r over the 50 genes of each task (PCA-256 + ridge, HEST protocol); "
@@ -193,7 +195,7 @@ def eva_section(summary_csv: str, base: str, runs: list[str]) -> tuple[Section, 
         return sec, []
     df = df.copy()
     df.insert(1, "role", [_role(m, base, runs) for m in df["model"]])
-    tasks = [c for c in df.columns if c not in {"model", "role", "average", "notes"}]
+    tasks = [c for c in df.columns if c not in {"model", "role", "average", "n_tasks", "note"}]
     sec.blocks.append(
         "<p>Scores from eva's own <code>results.json</code> (test split where the task has one, "
         "else validation), as kaiko's leaderboard reports them; <b>average</b> is the mean of the "
