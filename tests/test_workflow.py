@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, run_snakemake, snakemake_env
 
 
@@ -210,9 +209,7 @@ def test_second_demo_run_has_nothing_to_do(demo_run):
 
 
 @pytest.mark.slow
-def test_changing_a_training_hyperparameter_reruns_training_and_evaluation_only(
-    demo_run, tmp_path
-):
+def test_changing_a_training_hyperparameter_reruns_training_and_evaluation_only(demo_run, tmp_path):
     cfg = yaml.safe_load((REPO / "config/demo.yaml").read_text())
     cfg["train"]["defaults"]["lr"] = 1.0e-4
     path = tmp_path / "changed.yaml"
@@ -291,7 +288,5 @@ def test_demo_training_curves_and_held_out_loss(demo_run):
 @pytest.mark.slow
 def test_snakemake_report_includes_the_figures(demo_run, tmp_path):
     out = tmp_path / "snakemake_report.zip"
-    run_snakemake(
-        ["--report", str(out), "--configfile", str(REPO / "config/demo.yaml")], demo_run
-    )
+    run_snakemake(["--report", str(out), "--configfile", str(REPO / "config/demo.yaml")], demo_run)
     assert out.exists() and out.stat().st_size > 10000
