@@ -138,6 +138,30 @@ def test_slurm_profile_loads_with_the_slurm_executor(tmp_path):
     assert job_counts(proc.stdout).get("train_run") == 1
 
 
+def test_ablation_runs_are_each_trained_benchmarked_and_reported(tmp_path):
+    cfg = yaml.safe_load((REPO / "config/demo.yaml").read_text())
+    cfg["train"]["runs"] = {
+        "mint": {},
+        "mint-no-dino": {"w_dino": 0.0},
+        "cls-only": {"st_token": False},
+    }
+    cfg["extra_models"] = ["timm:vit_small_patch16_224"]
+    path = tmp_path / "ablations.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = run_snakemake(["-n", "-p", "--cores", "2", "--configfile", str(path)], tmp_path)
+    counts = job_counts(proc.stdout)
+    assert counts["train_run"] == 3
+    n_models = 1 + 1 + 3  # base, extra backbone, three runs
+    assert counts["embed"] == counts["probe"] == n_models * 2
+    assert counts["eva_fit"] == n_models
+    assert counts["report"] == 1
+    assert '"w_dino": 0.0' in proc.stdout and '"st_token": false' in proc.stdout
+    runs = re.search(r"--runs ((?:\S+ )+)--base", proc.stdout).group(1).split()
+    metrics = re.search(r"--metrics ((?:\S+ )+)--runs", proc.stdout).group(1).split()
+    assert sorted(runs) == ["cls-only", "mint", "mint-no-dino"]
+    assert metrics == [f"results/models/{r}/metrics.csv" for r in runs]
+
+
 def test_snakemake_lint_is_clean(tmp_path):
     proc = run_snakemake(
         ["--lint", "--configfile", str(REPO / "config/demo.yaml")], tmp_path, check=False
