@@ -7,6 +7,8 @@ import os
 
 from snakemake.utils import min_version, validate
 
+from mint.config import check_config
+
 min_version("9.0")
 
 
@@ -17,6 +19,10 @@ if not config:
     configfile: os.path.join(workflow.basedir, "config", "demo.yaml")
 
 
+# One readable line for a typo or a wrong type, then Snakemake's validation fills the defaults.
+check_config(
+    config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml")
+)
 validate(config, "workflow/schemas/config.schema.yaml")
 
 

@@ -116,13 +116,16 @@ def test_hub_xenium_exact_call(monkeypatch, tmp_path, meta_csv, caplog):
             "wsis/TENX95.tif",
             "st/TENX95.h5ad",
             "metadata/TENX95.json",
-            "tissue_seg/TENX95_*",
-            "transcripts/TENX95_*",
-            "xenium_seg/TENX95_*",
+            "tissue_seg/TENX95_contours.geojson",
+            "transcripts/TENX95_transcripts.parquet",
+            "xenium_seg/TENX95_xenium_cell_seg.parquet",
         ],
         "token": TOKEN,
     }
     assert (out / "transcripts" / "TENX95_transcripts.parquet").exists()
+    # Extras next to the needed files are not fetched.
+    assert not (out / "xenium_seg" / "TENX95_xenium_nucleus_seg.parquet").exists()
+    assert not (out / "tissue_seg" / "TENX95_vis.jpg").exists()
     assert not (out / "wsis" / "TENX9.tif").exists()  # other samples untouched
     assert (
         not (out / "cellvit_seg").exists() and not (out / "patches").exists()
@@ -137,12 +140,14 @@ def test_hub_visium_patterns_and_no_token(monkeypatch, tmp_path, meta_csv):
     monkeypatch.setenv("HUGGING_FACE_HUB_TOKEN", "not_this_one")
     files = download.download_hub("MEND139", "Visium", tmp_path, repo_id="me/mirror")
     kw = fake.calls[0]
-    assert kw["repo_id"] == "me/mirror" and kw["token"] is None
+    # False, not None: None would let huggingface_hub fall back to HUGGING_FACE_HUB_TOKEN
+    # or a cached login.
+    assert kw["repo_id"] == "me/mirror" and kw["token"] is False
     assert kw["allow_patterns"] == [
         "wsis/MEND139.tif",
         "st/MEND139.h5ad",
         "metadata/MEND139.json",
-        "tissue_seg/MEND139_*",
+        "tissue_seg/MEND139_contours.geojson",
     ]
     assert {f.name for f in files} == {
         "MEND139.tif",

@@ -10,6 +10,7 @@ import sys
 import time
 from html.parser import HTMLParser
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -57,7 +58,9 @@ def test_real_download_dry_run_plans_577_samples_offline(tmp_path):
     )
     elapsed = time.monotonic() - start
     counts = job_counts(proc.stdout)
-    assert counts.get("download_sample") == 577, counts
+    # 533 spot-level samples and 44 Xenium samples (which also fetch their transcripts).
+    assert counts.get("download_sample") == 533, counts
+    assert counts.get("download_xenium_sample") == 44, counts
     assert elapsed < 30, f"dry-run took {elapsed:.1f}s"
 
 
@@ -83,7 +86,50 @@ def test_unknown_bench_task_is_named(tmp_path):
     assert "NOPE" in proc.stderr + proc.stdout
 
 
-def test_slurm_profile_plans_full_real_run_with_profile_gpu_resources(tmp_path):
+class _Resources(dict):
+    """The attribute-and-get access the SLURM plugin uses on `job.resources`."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError as exc:
+            raise AttributeError(name) from exc
+
+
+def planned_jobs(stdout: str, rule: str) -> list[SimpleNamespace]:
+    """Jobs of `rule` in a dry-run's output, with their threads and resources."""
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", stdout):
+        if not re.match(rf"(?:local)?rule {rule}:", block):
+            continue
+        block = re.split(r"\n\[|\n\n", block)[0]
+        threads = int(re.search(r"threads: (\d+)", block).group(1)) if "threads:" in block else 1
+        res = _Resources()
+        line = re.search(r"resources: (.*)", block).group(1)
+        for key, value in re.findall(r"(\w+)=([^,]+)", line):
+            res[key] = int(value) if value.isdigit() else value
+        jobs.append(SimpleNamespace(threads=threads, resources=res))
+    return jobs
+
+
+def sbatch_call(job) -> str:
+    """The sbatch command line the SLURM executor plugin builds for a planned job."""
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    params = {
+        "run_uuid": "test",
+        "slurm_logfile": "slurm.log",
+        "comment_str": "rule",
+        "account": f"-A {job.resources.get('slurm_account')}",
+        "partition": f"-p {job.resources.get('slurm_partition')}",
+        "workdir": "/scratch/run",
+    }
+    settings = SimpleNamespace(requeue=True, no_requeue=False, qos=None, reservation=None)
+    return get_submit_command(job, params, settings) + set_gres_string(job)
+
+
+def test_slurm_profile_plans_full_real_run_and_submits_profile_resources(tmp_path):
     profile = yaml.safe_load((REPO / "workflow/profiles/slurm/config.yaml").read_text())
     # A copy of the profile without the cluster-only executor, so the dry-run needs no sbatch.
     local_profile = tmp_path / "profile"
@@ -100,23 +146,62 @@ def test_slurm_profile_plans_full_real_run_with_profile_gpu_resources(tmp_path):
             "--configfile",
             str(REPO / "config/config.yaml"),
             "--printshellcmds",
+            # Locally threads are capped at --cores; under the SLURM executor they are not.
+            "--cores",
+            "64",
         ],
         tmp_path,
     )
     counts = job_counts(proc.stdout)
     assert counts["tile_sample"] == 577
-    assert counts["download_sample"] == 577
+    assert counts["download_sample"] + counts["download_xenium_sample"] == 577
     assert counts["train_run"] == 1
     assert counts["embed"] == counts["probe"] == 2 * 10  # base + mint on ten tasks
     assert counts.get("eva_fit", 0) >= 2 * 8
-    # The GPU count the profile gives training is what torchrun starts.
-    gpus = profile["set-resources"]["train_run"]["gpu"]
-    assert f"--nproc-per-node={gpus}" in proc.stdout
-    # Resources printed for the training job follow the profile.
-    block = proc.stdout[proc.stdout.index("rule train_run:") :]
-    block = block[: block.index("\n\n")]
-    assert re.search(rf"\bgpu={gpus}\b", block), block
-    assert "gpu_model=a100" in block
+    real = yaml.safe_load((REPO / "config/config.yaml").read_text())
+
+    # What sbatch gets for each GPU rule is what the profile says.
+    for rule in ["train_run", "embed", "eva_predict", "eva_fit"]:
+        want = profile["set-resources"][rule]
+        jobs = planned_jobs(proc.stdout, rule)
+        assert jobs, rule
+        call = sbatch_call(jobs[0])
+        assert f"--gpus={want['gpu_model']}:{want['gpu']}" in call, call
+        assert f"--cpus-per-gpu={want['cpus_per_gpu']}" in call, call
+        assert "--cpus-per-task" not in call, call
+        assert f"-t {want['runtime']}" in call and "--requeue" in call, call
+        assert f"-p {want['slurm_partition']}" in call, call
+    train_call = sbatch_call(planned_jobs(proc.stdout, "train_run")[0])
+    assert f"--mem {real['train']['mem_mb']}" in train_call
+    # CPU rules get their threads as CPUs.
+    tile = planned_jobs(proc.stdout, "tile_sample")[0]
+    assert f"--cpus-per-task={profile['set-threads']['tile_sample']}" in sbatch_call(tile)
+    # torchrun starts one process per GPU the profile gives the training job.
+    assert f"--nproc-per-node={profile['set-resources']['train_run']['gpu']}" in proc.stdout
+
+
+def test_memory_grows_on_retry(tmp_path):
+    proc = run_snakemake(
+        ["train", "-n", "--configfile", str(REPO / "config/config.yaml")],
+        tmp_path,
+    )
+    job = planned_jobs(proc.stdout, "train_run")[0]
+    real = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    assert job.resources["mem_mb"] == real["train"]["mem_mb"]  # first attempt
+
+
+def test_multi_node_launcher_spreads_gpus_over_nodes():
+    ns: dict = {}
+    code = (REPO / "workflow/rules/common.smk").read_text()
+    start = code.index("def torch_launcher")
+    end = code.index("\ndef ", start + 10)
+    exec(code[start:end], ns)
+    assert ns["torch_launcher"](1, 1) == "mint"
+    assert ns["torch_launcher"](4, 1).startswith("torchrun --standalone --nproc-per-node=4")
+    multi = ns["torch_launcher"](8, 2)
+    assert "--nnodes=2" in multi and "--nproc-per-node=4" in multi and multi.startswith("srun")
+    with pytest.raises(ValueError):
+        ns["torch_launcher"](3, 2)
 
 
 @pytest.mark.skipif(shutil.which("sbatch") is not None, reason="a real cluster: don't submit")

@@ -50,18 +50,22 @@ def optional_globs(sample_id: str, technology: str) -> list[str]:
 
 
 def hub_patterns(sample_id: str, technology: str) -> list[str]:
-    """`allow_patterns` for one sample: per folder, so other samples and big extras are skipped.
+    """`allow_patterns` for one sample: the exact files the pipeline reads, nothing else.
 
-    (`tissue_seg/{id}_*` and not `*{id}*`: 'TENX1' must not match 'TENX10'.)
+    Exact names, not `*{id}*` globs: 'TENX1' must not match 'TENX10', and the hub's extras
+    (nucleus segmentation, zipped GeoJSON copies, CellViT) are several GB per Xenium sample.
     """
     pats = [
         f"wsis/{sample_id}.tif",
         f"st/{sample_id}.h5ad",
         f"metadata/{sample_id}.json",
-        f"tissue_seg/{sample_id}_*",
+        f"tissue_seg/{sample_id}_contours.geojson",
     ]
     if is_xenium(technology):
-        pats += [f"transcripts/{sample_id}_*", f"xenium_seg/{sample_id}_*"]
+        pats += [
+            f"transcripts/{sample_id}_transcripts.parquet",
+            f"xenium_seg/{sample_id}_xenium_cell_seg.parquet",
+        ]
     return pats
 
 
@@ -127,7 +131,9 @@ def download_hub(
                 repo_type="dataset",
                 local_dir=str(out),
                 allow_patterns=patterns,
-                token=os.environ.get("HF_TOKEN"),
+                # HF_TOKEN only: False stops huggingface_hub from falling back to other
+                # variables or a cached login.
+                token=os.environ.get("HF_TOKEN") or False,
             )
             return check_files(out, sample_id, technology)
         except MintError as exc:

@@ -99,7 +99,7 @@ def download_hub(
                 repo_type="dataset",
                 local_dir=str(out),
                 allow_patterns=hub_patterns(task),
-                token=os.environ.get("HF_TOKEN"),
+                token=os.environ.get("HF_TOKEN") or False,  # HF_TOKEN only, no fallback
             )
             _extract_zips(out / task)
             check_task(out / task, task)

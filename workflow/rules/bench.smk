@@ -19,7 +19,7 @@ rule embed:
         ENV
     threads: max(1, BENCH_CFG["num_workers"])
     resources:
-        mem_mb=32000,
+        mem_mb=scaled(32000),
         runtime=240,
         gpu=BENCH_CFG["gpus"],
     params:
@@ -43,7 +43,7 @@ rule probe:
         ENV
     threads: 2
     resources:
-        mem_mb=16000,
+        mem_mb=scaled(16000),
         runtime=120,
     params:
         bench=folder_of("task"),
@@ -69,5 +69,9 @@ rule bench:
         "logs/bench/summary.log",
     conda:
         ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
     shell:
         "mint bench-summary --inputs {input} --out {output} 2> {log}"

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from mint.hest.bench import bench_tasks
-from mint.hest.metadata import read_metadata
+from mint.hest.metadata import level_of, read_metadata
 from mint.hest.select import SelectionConfig, select_samples
 from mint.synth.hest import synthetic_metadata
 
@@ -48,6 +48,13 @@ else:
 SEL = config["select"]
 SELECTION_CONFIG = SelectionConfig.from_dict(SEL)
 SAMPLES = list(select_samples(METADATA, SELECTION_CONFIG, SOURCE).samples["id"])
+# Patch-level (Xenium) samples have more files to fetch and tile than spot-level ones.
+XENIUM_SAMPLES = [
+    i
+    for i, t in zip(METADATA["id"], METADATA["st_technology"])
+    if level_of(t) == "patch"
+]
+SPOT_SAMPLES = [i for i in METADATA["id"] if i not in set(XENIUM_SAMPLES)]
 if not SAMPLES:
     raise ValueError("config 'select': no HEST sample passes the filters")
 
@@ -130,21 +137,29 @@ def train_params(run):
 
 
 def torch_launcher(gpus, nodes=1):
-    """`mint` for one process; torchrun for several GPUs; srun + torchrun across nodes."""
+    """`mint` for one process; torchrun for several GPUs; srun + torchrun across nodes.
+
+    `gpus` is the job's total (the `gpu` resource, sbatch --gpus), spread evenly over `nodes`.
+    """
     if gpus <= 1 and nodes <= 1:
         return "mint"
     if nodes > 1:
+        if gpus % nodes:
+            raise ValueError(
+                f"resources: gpu={gpus} is not a multiple of nodes={nodes}"
+            )
         return (
-            f"srun --ntasks-per-node=1 torchrun --nnodes={nodes} --nproc-per-node={gpus} "
+            f"srun --overlap --nodes={nodes} --ntasks-per-node=1 torchrun --nnodes={nodes} "
+            f"--nproc-per-node={gpus // nodes} "
             '--rdzv-backend=c10d --rdzv-endpoint="$(scontrol show hostnames "$SLURM_JOB_NODELIST" '
             '| head -n1):29500" --rdzv-id="$SLURM_JOB_ID" -m mint.cli'
         )
     return f"torchrun --standalone --nproc-per-node={gpus} -m mint.cli"
 
 
-def gpu_resources(n):
-    """Declare `gpu` only for GPU jobs: locally it is a counter, on SLURM it becomes --gpus."""
-    return {"gpu": n} if n > 0 else {}
+def scaled(mb):
+    """A memory request that grows with each retry (a job killed for memory gets more)."""
+    return lambda wildcards, attempt: mb * attempt
 
 
 def folder_of(name, up=1, of="input"):
@@ -163,7 +178,9 @@ def folder_of(name, up=1, of="input"):
 
 
 def one_of(names):
-    return "|".join(re.escape(n) for n in names)
+    """A wildcard regex matching exactly these names (none: matches nothing)."""
+    names = list(names)
+    return "|".join(re.escape(n) for n in names) if names else "(?!)"
 
 
 wildcard_constraints:
@@ -175,6 +192,10 @@ wildcard_constraints:
 
 
 # ---------------------------------------------------------------- download
+DOWNLOAD_CMD = (
+    "mint download --source {params.source} --sample {wildcards.sample} --out-dir {params.hest} "
+    "--metadata {input} {params.extra} 2> {log}"
+)
 
 
 def download_source_args():
@@ -204,6 +225,20 @@ def bench_source_args():
 
 
 # ---------------------------------------------------------------- tiles
+
+
+def tile_inputs(wildcards):
+    """Slide, spots and metadata; plus the transcript table of a Xenium sample."""
+    s = wildcards.sample
+    inputs = {
+        "wsi": f"{HEST}/wsis/{s}.tif",
+        "st": f"{HEST}/st/{s}.h5ad",
+        "meta": f"{HEST}/metadata/{s}.json",
+        "metadata": METADATA_CSV,
+    }
+    if s in XENIUM_SAMPLES:
+        inputs["transcripts"] = f"{HEST}/transcripts/{s}_transcripts.parquet"
+    return inputs
 
 
 def tile_output(path):

@@ -12,6 +12,10 @@ if SOURCE == "synthetic":
             "logs/download/synth_metadata.log",
         conda:
             ENV
+        threads: 1
+        resources:
+            mem_mb=1000,
+            runtime=10,
         params:
             hest=folder_of(0, of="output"),
             synth=SYNTH_ARGS,
@@ -28,20 +32,33 @@ rule download_sample:
         meta=f"{HEST}/metadata/{{sample}}.json",
     log:
         "logs/download/{sample}.log",
+    wildcard_constraints:
+        sample=one_of(SPOT_SAMPLES),
     retries: 1
     conda:
         ENV
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=scaled(2000),
         runtime=240,
     params:
         hest=folder_of("wsi", up=2, of="output"),
         source=SOURCE,
         extra=download_source_args(),
     shell:
-        "mint download --source {params.source} --sample {wildcards.sample} --out-dir {params.hest} "
-        "--metadata {input} {params.extra} 2> {log}"
+        DOWNLOAD_CMD
+
+
+# Xenium samples also bring their transcripts, which tiling reads: declared, so a missing or
+# updated table is fetched again and re-tiled.
+use rule download_sample as download_xenium_sample with:
+    output:
+        wsi=f"{HEST}/wsis/{{sample}}.tif",
+        st=f"{HEST}/st/{{sample}}.h5ad",
+        meta=f"{HEST}/metadata/{{sample}}.json",
+        transcripts=f"{HEST}/transcripts/{{sample}}_transcripts.parquet",
+    wildcard_constraints:
+        sample=one_of(XENIUM_SAMPLES),
 
 
 rule download_bench_task:
@@ -53,7 +70,7 @@ rule download_bench_task:
         ENV
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=scaled(2000),
         runtime=240,
     params:
         bench=folder_of(0, of="output"),
@@ -68,6 +85,10 @@ rule download:
     input:
         expand(f"{HEST}/wsis/{{sample}}.tif", sample=SAMPLES),
         expand(f"{HEST}/st/{{sample}}.h5ad", sample=SAMPLES),
+        expand(
+            f"{HEST}/transcripts/{{sample}}_transcripts.parquet",
+            sample=[s for s in SAMPLES if s in XENIUM_SAMPLES],
+        ),
 
 
 rule download_bench:

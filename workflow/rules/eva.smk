@@ -10,6 +10,10 @@ rule eva_synthetic_data:
         "logs/eva/synthetic_data.log",
     conda:
         ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
     params:
         n=config["synthetic"]["eva_patches_per_class"],
         seed=config["synthetic"]["seed"],
@@ -34,7 +38,7 @@ rule eva_predict:
         ENV
     threads: max(1, EVA["num_workers"])
     resources:
-        mem_mb=32000,
+        mem_mb=scaled(32000),
         runtime=720,
         gpu=EVA["gpus"],
     params:
@@ -57,7 +61,7 @@ rule eva_fit:
         ENV
     threads: max(1, EVA["num_workers"])
     resources:
-        mem_mb=32000,
+        mem_mb=scaled(32000),
         runtime=720,
         gpu=EVA["gpus"],
     params:
@@ -85,5 +89,9 @@ rule eva:
         "logs/eva/summary.log",
     conda:
         ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
     shell:
         "mint eva summary --inputs {input} --out {output} 2> {log}"

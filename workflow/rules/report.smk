@@ -22,6 +22,10 @@ rule report:
         "logs/report.log",
     conda:
         ENV
+    threads: 1
+    resources:
+        mem_mb=scaled(4000),
+        runtime=30,
     params:
         base=BASE_KEY,
         runs=" ".join(RUNS),

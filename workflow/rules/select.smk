@@ -13,6 +13,10 @@ rule select:
         "logs/select.log",
     conda:
         ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
     params:
         source=SOURCE,
         filters=selection_args(),

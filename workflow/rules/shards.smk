@@ -17,7 +17,7 @@ rule vocab:
         ENV
     threads: 1
     resources:
-        mem_mb=16000,
+        mem_mb=scaled(16000),
         runtime=120,
     params:
         bench=folder_of("bench"),
@@ -44,7 +44,7 @@ rule shards:
         ENV
     threads: 2
     resources:
-        mem_mb=16000,
+        mem_mb=scaled(16000),
         runtime=720,
     params:
         bench=folder_of("bench"),

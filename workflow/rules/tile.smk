@@ -6,10 +6,7 @@ TILE = config["tile"]
 
 rule tile_sample:
     input:
-        wsi=f"{HEST}/wsis/{{sample}}.tif",
-        st=f"{HEST}/st/{{sample}}.h5ad",
-        meta=f"{HEST}/metadata/{{sample}}.json",
-        metadata=METADATA_CSV,
+        unpack(tile_inputs),
     output:
         tile_output("results/tiles/{sample}.h5"),
     log:
@@ -20,7 +17,7 @@ rule tile_sample:
         ENV
     threads: TILE["threads"]
     resources:
-        mem_mb=lambda wc, attempt: TILE["mem_mb"] * attempt,
+        mem_mb=scaled(TILE["mem_mb"]),
         runtime=lambda wc, attempt: 120 * attempt,
     params:
         hest=folder_of("wsi", up=2),

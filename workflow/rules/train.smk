@@ -20,7 +20,7 @@ rule train_run:
         ENV
     threads: TRAIN["threads"]
     resources:
-        mem_mb=TRAIN["mem_mb"],
+        mem_mb=scaled(TRAIN["mem_mb"]),
         runtime=TRAIN["runtime"],
         gpu=TRAIN["gpus"],
         nodes=TRAIN["nodes"],
