@@ -166,7 +166,17 @@ def bench_section(summary_csv: str, base: str, runs: list[str]) -> tuple[Section
     lb = load_leaderboard()
     lb_tasks = [t for t in tasks if t in lb.columns]
     if lb_tasks:
-        cols = ["model", *lb_tasks] + (["average"] if "average" in lb.columns else [])
+        lb = lb.copy()
+        cols = ["model", *lb_tasks]
+        lb_avg_tasks = [t for t in lb_tasks if t != "HCC"]
+        all_lb_tasks = [c for c in lb.columns if c not in {"model", "average", "HCC"}]
+        if set(lb_avg_tasks) != set(all_lb_tasks):
+            # A partial run: the published 9-task average is not comparable with ours, so
+            # average the leaderboard over the tasks this run has.
+            lb["average (these tasks)"] = lb[lb_avg_tasks].mean(axis=1)
+            cols += ["average (these tasks)", "average"]
+        elif "average" in lb.columns:
+            cols.append("average")
         sec.blocks.append(_table(lb[cols], "Published HEST-Bench leaderboard (same tasks)", 4))
     else:
         sec.blocks.append(
