@@ -400,3 +400,12 @@ def test_make_synthetic_and_dataset(tmp_path):
     ds = SyntheticTissuePatches(str(root), "val")
     with pytest.raises(ValueError, match="records"):
         ds.setup()
+
+
+def test_auto_embedding_follows_the_published_choice():
+    """eva's leaderboard embeds Virchow2 as CLS + patch mean and the others as CLS."""
+    from mint.eva.cli import published_embedding
+
+    assert published_embedding("virchow2") == "cls+patch_mean"
+    assert published_embedding("uni") == "cls"
+    assert published_embedding("tiny-vit") == "cls"

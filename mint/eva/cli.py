@@ -43,9 +43,11 @@ def _add_model_args(p: argparse.ArgumentParser, stage_choice: bool = False) -> N
     )
     p.add_argument(
         "--embedding",
-        default="cls",
-        choices=["cls", "cls+st", "st", "cls+patch_mean"],
-        help="tokens that form the embedding (classification tasks)",
+        default="auto",
+        choices=["auto", "cls", "cls+st", "st", "cls+patch_mean"],
+        help="tokens that form the embedding (classification tasks); auto = what the "
+        "backbone's authors publish and eva's leaderboard uses (Virchow2: cls+patch_mean, "
+        "others: cls)",
     )
     p.add_argument("--accelerator", default="auto", help="lightning accelerator: auto, gpu, cpu")
     p.add_argument("--devices", type=int, default=1)
@@ -140,6 +142,22 @@ def _overrides(args) -> dict:
     return ov
 
 
+def published_embedding(model: str) -> str:
+    """The embedding a backbone's authors publish, which eva's leaderboard reports.
+
+    Virchow2 is embedded as CLS concatenated with the mean of its patch tokens, the others as
+    CLS. A MINT model folder records its base backbone's choice in config.json.
+    """
+    path = Path(model)
+    if path.is_dir():
+        from mint.models.encoder import read_model_config
+
+        return str(read_model_config(path).get("embedding", "cls"))
+    from mint.models.backbones import parse_spec
+
+    return parse_spec(model).embedding
+
+
 def _render_options(args, stage: str, output_root: str, embeddings_root: str | None):
     from mint.eva.render import RenderOptions
 
@@ -153,7 +171,7 @@ def _render_options(args, stage: str, output_root: str, embeddings_root: str | N
         data_root=args.data_root,
         data_dir=args.data_dir,
         download=args.download,
-        output=args.embedding,
+        output=published_embedding(args.model) if args.embedding == "auto" else args.embedding,
         accelerator=args.accelerator,
         devices=args.devices,
         num_workers=args.num_workers,
