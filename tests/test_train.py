@@ -56,7 +56,7 @@ def test_config_defaults_unknown_keys_and_types():
     cfg = TrainConfig.from_json('{"steps": 100, "lr": 1, "global_crop_scale": [0.4, 1]}')
     assert cfg.steps == 100 and cfg.lr == 1.0 and cfg.global_crop_scale == (0.4, 1.0)
     assert cfg.resolved_warmup_steps == 10 and cfg.resolved_teacher_temp_warmup_steps == 30
-    assert cfg.resolved_freeze_last_layer_steps == 1
+    assert cfg.keep_checkpoints is False
     with pytest.raises(MintError, match="bogus_key"):
         TrainConfig.from_json('{"steps": 1, "bogus_key": 3}')
     with pytest.raises(MintError, match="steps must be an integer"):
@@ -211,6 +211,32 @@ def test_param_groups_layer_decay_and_no_weight_decay():
     assert sched(0) == pytest.approx(0.1) and sched(9) == pytest.approx(1.0)
     assert sched(10) == pytest.approx(1.0) and sched(60) == pytest.approx(0.5)
     assert sched(110) == pytest.approx(0.0, abs=1e-9)
+
+
+# -- DINO last layer: frozen for the first epoch ----------------------------------------------
+def test_freeze_last_layer_defaults_to_one_epoch():
+    cfg = TrainConfig.from_dict({**SMALL, "steps": 1000})  # batch_size 4
+    assert cfg.resolved_freeze_last_layer_steps(40) == 10
+    assert cfg.resolved_freeze_last_layer_steps(41) == 11  # a partial batch still counts
+    assert cfg.resolved_freeze_last_layer_steps(41, world_size=2) == 6  # global batch 8
+    assert cfg.resolved_freeze_last_layer_steps(None) == 0  # no index: nothing frozen
+    explicit = TrainConfig.from_dict({**SMALL, "freeze_last_layer_steps": 3})
+    assert explicit.resolved_freeze_last_layer_steps(40, world_size=4) == 3
+
+
+def test_last_layer_frozen_during_first_epoch_only(shards):
+    index = read_index(shards)  # 48 training tiles, batch 4: one epoch is 12 steps
+    cfg = TrainConfig.from_dict({**SMALL, "steps": 100, "w_anchor": 0})
+    vit = build_backbone("tiny-vit", pretrained=False, tiny=True)
+    t = MintTrainer(cfg, index.vocab_sizes, vit=vit, n_train=index.n_train)
+    assert t.freeze_last_layer_steps == 12
+    batch = next(iter(TrainStream(index, t.multicrop(), 4, shuffle_buffer=0)))
+    protos = t.student.dino_head.prototypes
+    before = protos.detach().clone()
+    t.train_step(batch, 11)
+    assert torch.equal(protos.detach(), before)
+    t.train_step(batch, 12)
+    assert not torch.equal(protos.detach(), before)
 
 
 # -- ablations: a weight of 0 removes the term and its compute ------------------------------

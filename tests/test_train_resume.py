@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +21,7 @@ from safetensors.torch import load_file
 
 from mint.cli import main
 from mint.train.config import TrainConfig
+from mint.train.preempt import StopSignals
 from mint.train.toy import write_toy_shards
 from mint.train.trainer import latest_checkpoint, train
 
@@ -116,6 +122,125 @@ def test_preempted_run_resumes_to_identical_result(shards, full_run, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def _run_main(shards: Path, out: Path, params: dict) -> int:
+    return main(
+        ["train", "--index", str(shards), "--out-dir", str(out), "--params", json.dumps(params)]
+    )
+
+
+def _assert_same_weights(a_dir: Path, b_dir: Path) -> None:
+    a = load_file(str(a_dir / "model.safetensors"))
+    b = load_file(str(b_dir / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_forced_rerun_retrains_unless_checkpoints_are_kept(shards, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="mint.train.trainer")
+    params = {**PARAMS, "steps": 3, "num_workers": 0}
+    out = tmp_path / "rerun"
+    cfg = TrainConfig.from_dict(params)
+    train(cfg, shards, out, device="cpu")
+    first = _rows(out / "metrics.csv")
+    assert not (out / "checkpoints").exists()  # a finished run leaves no checkpoint behind
+    shutil.copytree(out, tmp_path / "first")
+    # what `snakemake --forcerun` does before rerunning the job
+    for name in ("model.safetensors", "config.json", "metrics.csv"):
+        (out / name).unlink()
+    caplog.clear()
+    train(cfg, shards, out, device="cpu")
+    assert "starting fresh at step 0" in caplog.text and "resumed from" not in caplog.text
+    assert "frozen for the first 2 step(s)" in caplog.text
+    _assert_same_metrics(first, _rows(out / "metrics.csv"))  # trained again, same result
+    _assert_same_weights(tmp_path / "first", out)
+
+    keep = TrainConfig.from_dict({**params, "keep_checkpoints": True})  # not in the fingerprint
+    train(keep, shards, out, device="cpu")
+    assert latest_checkpoint(out / "checkpoints").name == "step-000000003.pt"
+    caplog.clear()
+    train(keep, shards, out, device="cpu")
+    assert "resumed from" in caplog.text and "re-exporting, not retraining" in caplog.text
+    _assert_same_weights(tmp_path / "first", out)
+
+
+def test_stop_signals_are_restored_and_main_thread_only(shards, tmp_path):
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    train(TrainConfig.from_dict({**PARAMS, "steps": 1, "num_workers": 0}), shards, tmp_path)
+    assert {s: signal.getsignal(s) for s in before} == before
+    seen = {}
+
+    def in_thread() -> None:
+        with StopSignals() as stop:  # signal.signal would raise ValueError here
+            seen["installed"] = stop.installed
+            seen["handler"] = signal.getsignal(signal.SIGTERM)
+
+    t = threading.Thread(target=in_thread)
+    t.start()
+    t.join()
+    assert seen == {"installed": False, "handler": before[signal.SIGTERM]}
+    with StopSignals() as stop:
+        assert stop.installed and signal.getsignal(signal.SIGTERM) == stop._handle
+        os.kill(os.getpid(), signal.SIGUSR1)  # recorded, not fatal
+        assert stop.requested() == signal.SIGUSR1
+    assert signal.getsignal(signal.SIGTERM) == before[signal.SIGTERM]
+
+
+# 32 steps, a checkpoint only at the end: whatever survives the SIGTERM was written by the handler.
+# The signal goes out after step 8, leaving ~24 steps of margin for a slow, shared machine.
+# freeze_last_layer_steps None: one epoch (10 steps), recomputed identically on resume.
+SIGNAL_PARAMS = {
+    **PARAMS,
+    "steps": 32,
+    "checkpoint_every": 1000,
+    "val_every": 0,
+    "freeze_last_layer_steps": None,
+    "teacher_temp_warmup_steps": 8,
+    "warmup_steps": 4,
+}
+
+
+def test_sigterm_checkpoints_exits_nonzero_and_resumes_identically(shards, tmp_path):
+    steps = SIGNAL_PARAMS["steps"]
+    ref = tmp_path / "uninterrupted"
+    assert _run_main(shards, ref, SIGNAL_PARAMS) == 0
+    out = tmp_path / "killed"
+    env = dict(os.environ, OMP_NUM_THREADS="1", MINT_NO_PROGRESS="1", HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, "-m", "mint.cli", "train", "--index", str(shards)]
+    cmd += ["--out-dir", str(out), "--params", json.dumps(SIGNAL_PARAMS), "--device", "cpu"]
+    with open(tmp_path / "child.log", "w") as log_fh:
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=log_fh, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            deadline = time.monotonic() + 60
+            logged = 0
+            while logged < steps // 4:  # a train row at step >= 8 of 32
+                assert proc.poll() is None, (tmp_path / "child.log").read_text()
+                assert time.monotonic() < deadline, "child never logged a step"
+                time.sleep(0.05)
+                if (out / "metrics.csv").is_file():
+                    rows = [r for r in _rows(out / "metrics.csv") if r["split"] == "train"]
+                    logged = max([int(r["step"]) for r in rows], default=0)
+            # like SLURM: every process of the job, the 2 DataLoader workers included
+            os.killpg(proc.pid, signal.SIGTERM)
+            rc = proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    child_log = (tmp_path / "child.log").read_text()
+    assert rc == 128 + signal.SIGTERM, child_log
+    assert child_log.count("SIGTERM received") == 1  # the workers ignored it
+    ckpt = latest_checkpoint(out / "checkpoints")
+    assert ckpt is not None, child_log
+    stopped = int(ckpt.stem.split("-")[1])
+    assert steps // 4 <= stopped < steps  # written by the handler, not the periodic schedule
+    assert not (out / "model.safetensors").exists()
+    assert _run_main(shards, out, SIGNAL_PARAMS) == 0  # the requeued job
+    _assert_same_metrics(_rows(ref / "metrics.csv"), _rows(out / "metrics.csv"))
+    _assert_same_weights(ref, out)
 
 
 def test_changed_configuration_starts_afresh(shards, full_run, tmp_path):

@@ -6,7 +6,10 @@
     torchrun --nproc-per-node=4 -m mint.cli train --index ... --out-dir ... --params '...'
 
 The run resumes automatically from out-dir/checkpoints/ when a checkpoint of the same
-configuration and index exists (a requeued SLURM job continues where it stopped).
+configuration and index exists (a requeued SLURM job continues where it stopped). SIGTERM or
+SIGUSR1 stop it at the next step boundary with a checkpoint and exit code 128 + signal (143 for
+SIGTERM), so that SLURM's requeue or Snakemake's retry resumes it. A finished run deletes
+checkpoints/ unless `keep_checkpoints` is true.
 """
 
 from __future__ import annotations
@@ -37,8 +40,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mint.train.preempt import Preempted
     from mint.train.trainer import read_params, train
 
     cfg = read_params(args.params)
-    train(cfg, args.index, args.out_dir, device=args.device)
+    try:
+        train(cfg, args.index, args.out_dir, device=args.device)
+    except Preempted as exc:
+        # not an error message: the scheduler reruns the job and it resumes
+        log.warning("%s", exc)
+        return exc.exit_code
     return 0

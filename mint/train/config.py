@@ -1,10 +1,12 @@
 """Training hyperparameters: one flat dataclass, filled from the JSON that Snakemake passes.
 
 Defaults follow DINOv2 where the method borrows from it (temperatures, centering, EMA, crops,
-layer decay, clipping) and usual fine-tuning practice elsewhere. Three schedule lengths default
+layer decay, clipping) and usual fine-tuning practice elsewhere. Two schedule lengths default
 to a fraction of `steps` (None), so that short demo runs and long cluster runs both make sense
-without editing them: `warmup_steps` 10 %, `teacher_temp_warmup_steps` 30 %,
-`freeze_last_layer_steps` 1 %.
+without editing them: `warmup_steps` 10 %, `teacher_temp_warmup_steps` 30 %.
+`freeze_last_layer_steps` (None) is one epoch, as in DINO: the prototypes stay fixed until the
+backbone has seen every training tile once, which needs index.json's `n_train` and the number of
+processes, so it is resolved when training starts (`resolved_freeze_last_layer_steps`).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class TrainConfig:
     center_momentum: float = 0.9
     ema_momentum: float = 0.992
     ema_momentum_final: float = 1.0
-    freeze_last_layer_steps: int | None = None  # None: 1 % of steps
+    freeze_last_layer_steps: int | None = None  # None: one epoch (n_train / global batch)
     # runtime
     precision: str = "auto"  # auto (bf16 on a bf16-capable GPU, else fp32) | bf16 | fp32
     num_workers: int = 4
@@ -65,6 +67,9 @@ class TrainConfig:
     log_every: int = 10
     val_every: int = 1000  # 0: only before and after training
     seed: int = 0
+    # True: leave checkpoints/ after the export. A forced rerun (outputs deleted) then resumes
+    # from the final checkpoint and re-exports the same weights instead of retraining.
+    keep_checkpoints: bool = False
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
@@ -139,9 +144,19 @@ class TrainConfig:
     def resolved_teacher_temp_warmup_steps(self) -> int:
         return _frac(self.teacher_temp_warmup_steps, self.steps, 0.30)
 
-    @property
-    def resolved_freeze_last_layer_steps(self) -> int:
-        return _frac(self.freeze_last_layer_steps, self.steps, 0.01)
+    def resolved_freeze_last_layer_steps(self, n_train: int | None, world_size: int = 1) -> int:
+        """Steps during which the DINO head's last layer gets no update.
+
+        None means one epoch, ceil(n_train / (batch_size * world_size)): DINO freezes the
+        prototypes for the first epoch so that they do not collapse while the backbone's features
+        are still moving fast. Without `n_train` (a trainer built without an index, as in the
+        step benchmark) nothing is frozen unless a number was given.
+        """
+        if self.freeze_last_layer_steps is not None:
+            return int(self.freeze_last_layer_steps)
+        if n_train is None:
+            return 0
+        return int(math.ceil(n_train / (self.batch_size * max(1, world_size))))
 
     @property
     def use_dino(self) -> bool:

@@ -31,6 +31,7 @@ import io
 import json
 import logging
 import random
+import signal
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -44,6 +45,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from mint.errors import MintError
 from mint.train.augment import MultiCrop
+from mint.train.preempt import STOP_SIGNALS
 
 log = logging.getLogger(__name__)
 
@@ -327,10 +329,28 @@ class ValStream(IterableDataset):
             yield collate(batch, self.index.modalities, self.index.vocab_sizes)
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader worker start: ignore SIGTERM / SIGUSR1.
+
+    SLURM signals every process of the job step, and torch's workers die on a SIGTERM that did
+    not come from their parent; the main process would then fail at its next batch instead of
+    writing its checkpoint (see mint.train.preempt). The main process ends the workers itself,
+    and they exit on their own if it dies.
+    """
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def make_loader(dataset: IterableDataset, num_workers: int, pin_memory: bool = False) -> DataLoader:
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
-        kwargs.update(prefetch_factor=4, persistent_workers=False)
+        kwargs.update(
+            prefetch_factor=4, persistent_workers=False, worker_init_fn=_ignore_stop_signals
+        )
+        # the crops import torchvision lazily; importing it here once lets forked workers
+        # inherit it instead of each importing it again (about a second per worker, and the
+        # validation loader starts new workers at every validation)
+        import torchvision.transforms.v2.functional  # noqa: F401
     return DataLoader(
         dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory, **kwargs
     )

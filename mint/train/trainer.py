@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -51,6 +52,7 @@ from mint.train.distributed import DistContext, barrier, cleanup, init_distribut
 from mint.train.export import export_model
 from mint.train.losses import FrozenAnchor, anchor_loss, masked_mse
 from mint.train.optim import WarmupCosine, build_param_groups
+from mint.train.preempt import Preempted, StopSignals
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,7 @@ RUNTIME_ONLY_FIELDS = {
     "val_every",
     "num_workers",
     "grad_checkpointing",
+    "keep_checkpoints",
 }
 
 
@@ -154,10 +157,13 @@ class MintTrainer:
         device: torch.device | str = "cpu",
         vit: nn.Module | None = None,
         world_size: int = 1,
+        n_train: int | None = None,
     ) -> None:
         self.cfg = cfg
         self.device = torch.device(device)
         self.world_size = world_size
+        # one epoch of the training set unless set explicitly (needs index.json's n_train)
+        self.freeze_last_layer_steps = cfg.resolved_freeze_last_layer_steps(n_train, world_size)
         self.amp_dtype = autocast_dtype(cfg.precision, self.device)
         torch.manual_seed(cfg.seed)  # identical head initialisation in every process
         if vit is None:
@@ -287,7 +293,7 @@ class MintTrainer:
         total, parts = self.forward_losses(batch, step)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
-        if self.student.dino_head is not None and step < cfg.resolved_freeze_last_layer_steps:
+        if self.student.dino_head is not None and step < self.freeze_last_layer_steps:
             for p in self.student.dino_head.last_layer_parameters():
                 p.grad = None
         if cfg.grad_clip > 0:
@@ -541,16 +547,28 @@ def train(
     stop_after: int | None = None,
 ) -> Path | None:
     """Train (or resume) one MINT run; export on completion. Returns out_dir, or None if it
-    stopped early at `stop_after` steps (used to test preemption and resume)."""
+    stopped early at `stop_after` steps (used to test preemption and resume).
+
+    SIGTERM / SIGUSR1 (SLURM preemption, time limit) stop it at the next step boundary with a
+    checkpoint and raise `Preempted`; the next call resumes from there. After a successful
+    export checkpoints/ is removed (unless `keep_checkpoints`), so that a rerun forced by
+    deleting the outputs trains again instead of re-exporting the final checkpoint.
+    """
     ctx = init_distributed(device)
     try:
-        return _train(cfg, Path(index_path), Path(out_dir), ctx, stop_after)
+        with StopSignals() as stop:
+            return _train(cfg, Path(index_path), Path(out_dir), ctx, stop_after, stop)
     finally:
         cleanup()
 
 
 def _train(
-    cfg: TrainConfig, index_path: Path, out_dir: Path, ctx: DistContext, stop_after: int | None
+    cfg: TrainConfig,
+    index_path: Path,
+    out_dir: Path,
+    ctx: DistContext,
+    stop_after: int | None,
+    stop: StopSignals,
 ) -> Path | None:
     index = read_index(index_path)
     for m in index.modalities:
@@ -570,11 +588,21 @@ def _train(
     vit = build_backbone(cfg.backbone, pretrained=True)
     if ctx.distributed and ctx.is_main:
         barrier()
-    trainer = MintTrainer(cfg, index.vocab_sizes, ctx.device, vit=vit, world_size=ctx.world_size)
+    trainer = MintTrainer(
+        cfg,
+        index.vocab_sizes,
+        ctx.device,
+        vit=vit,
+        world_size=ctx.world_size,
+        n_train=index.n_train,
+    )
+    stop.setup_group()
     fingerprint = run_fingerprint(cfg, index)
     start_step, rows = 0, []
     avg = LossAverager(ctx.device)
     latest = latest_checkpoint(ckpt_dir)
+    if latest is None and ctx.is_main:
+        log.info("no checkpoint in %s: starting fresh at step 0", ckpt_dir)
     if latest is not None:
         state = torch.load(latest, map_location="cpu", weights_only=True)
         if state.get("fingerprint") != fingerprint:
@@ -605,6 +633,8 @@ def _train(
                 set_rng_state(state["ranks"][ctx.rank]["rng"])
                 avg.load(state["ranks"][ctx.rank]["avg"])
             log.info("resumed from %s at step %d", latest, start_step)
+            if start_step >= cfg.steps:
+                log.info("checkpoint is final (keep_checkpoints): re-exporting, not retraining")
         del state
     if ctx.distributed:
         trainer.wrap_ddp()
@@ -623,6 +653,19 @@ def _train(
             ctx.device,
             trainer.amp_dtype or "fp32",
         )
+        freeze = trainer.freeze_last_layer_steps
+        if trainer.student.dino_head is not None:
+            log.info(
+                "DINO head's last layer frozen for the first %d step(s)%s",
+                freeze,
+                " (one epoch)" if cfg.freeze_last_layer_steps is None else "",
+            )
+            if freeze >= cfg.steps:
+                log.warning(
+                    "freeze_last_layer_steps %d >= steps %d: the DINO prototypes never train",
+                    freeze,
+                    cfg.steps,
+                )
     metrics = MetricsLog(out_dir, rows, start_step, enabled=ctx.is_main)
     crops = trainer.multicrop()
     pin = ctx.device.type == "cuda"
@@ -699,13 +742,19 @@ def _train(
                 bar.update(1)
             if cfg.val_every and done % cfg.val_every == 0 and done < cfg.steps:
                 validate(done)
-            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            saved = done % cfg.checkpoint_every == 0 or done == cfg.steps
+            if saved:
                 t0 = time.perf_counter()
                 save_checkpoint(ckpt_dir, done, trainer, ctx, metrics.rows, fingerprint, avg)
                 paused[0] += time.perf_counter() - t0
             if stop_after is not None and done >= stop_after and done < cfg.steps:
                 log.info("stopping at step %d as asked (resume continues from here)", done)
                 return None
+            signum = stop.requested() if done < cfg.steps else None  # same answer everywhere
+            if signum is not None:
+                if not saved:
+                    save_checkpoint(ckpt_dir, done, trainer, ctx, metrics.rows, fingerprint, avg)
+                raise Preempted(signum, done)
         if start_step < cfg.steps or not metrics.rows or metrics.rows[-1]["split"] != "val":
             validate(cfg.steps)
     finally:
@@ -726,6 +775,9 @@ def _train(
             name=out_dir.name,
         )
         log.info("exported %s", out_dir)
+        if not cfg.keep_checkpoints:
+            # a finished run leaves no checkpoint: a forced rerun must retrain, not re-export
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
     barrier()
     return out_dir
 
