@@ -173,6 +173,7 @@ def test_slurm_profile_plans_full_real_run_and_submits_profile_resources(tmp_pat
         assert f"-p {want['slurm_partition']}" in call, call
     train_call = sbatch_call(planned_jobs(proc.stdout, "train_run")[0])
     assert f"--mem {real['train']['mem_mb']}" in train_call
+    assert "--signal=USR1@600" in train_call  # checkpoint-and-exit before the time limit
     # CPU rules get their threads as CPUs.
     tile = planned_jobs(proc.stdout, "tile_sample")[0]
     assert f"--cpus-per-task={profile['set-threads']['tile_sample']}" in sbatch_call(tile)
