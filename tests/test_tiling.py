@@ -29,18 +29,34 @@ CFG = TileConfig(progress=False)
 
 # ------------------------------------------------------------------------------------ helpers
 def render_um(y_um: np.ndarray, x_um: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Smooth RGB texture defined in micrometres (periods 6-40 um)."""
+    """Smooth RGB texture defined in micrometres (periods 6-40 um), at a y_um x x_um grid."""
     rng = np.random.default_rng(seed)
-    yy, xx = np.meshgrid(y_um, x_um, indexing="ij")
-    out = np.empty((*yy.shape, 3), np.float32)
+    y = np.asarray(y_um, np.float64)[:, None]
+    x = np.asarray(x_um, np.float64)[None, :]
+    out = np.empty((y.shape[0], x.shape[1], 3), np.float32)
     for c in range(3):
-        acc = np.full(yy.shape, 128.0, np.float32)
+        acc = np.full(out.shape[:2], 128.0)
         for _ in range(6):
             period, theta, phase = rng.uniform(6, 40), rng.uniform(0, np.pi), rng.uniform(0, 6.3)
             k = 2 * np.pi / period
-            acc += 20 * np.sin(k * (np.cos(theta) * xx + np.sin(theta) * yy) + phase)
+            # sin(a + b) = sin a cos b + cos a sin b: two outer products instead of H*W sines.
+            ax, by = k * np.cos(theta) * x, k * np.sin(theta) * y + phase
+            acc += 20 * (np.sin(ax) * np.cos(by) + np.cos(ax) * np.sin(by))
         out[..., c] = acc
     return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def truth_patch(cx_um: float, cy_um: float, seed: int = 0, supersample: int = 4) -> np.ndarray:
+    """The PATCH px patch at TARGET_UM centred exactly on (cx_um, cy_um): ground truth.
+
+    Cropped from a high-resolution rendering (TARGET_UM / supersample per pixel) around the real
+    centre, then area-averaged to the target grid.
+    """
+    n = PATCH * supersample
+    g = (np.arange(n) + 0.5) * (TARGET_UM / supersample) - PATCH * TARGET_UM / 2
+    return cv2.resize(
+        render_um(cy_um + g, cx_um + g, seed), (PATCH, PATCH), interpolation=cv2.INTER_AREA
+    )
 
 
 def make_slide(path: Path, ps: float, w_um: float, h_um: float) -> np.ndarray:
@@ -76,11 +92,47 @@ def write_h5ad(path: Path, barcodes, centres, counts, genes) -> None:
     a.write_h5ad(path)
 
 
+def offset_xy(a: np.ndarray, b: np.ndarray, upsample: int = 20) -> tuple[float, float]:
+    """Shift (dx, dy) in pixels of RGB image `b` relative to `a` (b(p) ~ a(p - d)).
+
+    Same as tests/test_wsi.py (see there why not ``cv2.phaseCorrelate``): Hanning-windowed
+    cross-correlation divided by the window's autocorrelation, refined to 1/`upsample` px.
+    """
+    ga = cv2.cvtColor(a, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    gb = cv2.cvtColor(b, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    h, w = ga.shape
+    win = cv2.createHanningWindow((w, h), cv2.CV_32F)
+    fa = np.fft.fft2((ga - ga.mean()) * win)
+    fb = np.fft.fft2((gb - gb.mean()) * win)
+    fw = np.fft.fft2(win)
+    cross, wcross = fb * np.conj(fa), fw * np.conj(fw)
+    wcc = np.fft.ifft2(wcross).real
+    cc = np.fft.ifft2(cross).real / np.maximum(wcc, 0.05 * wcc.max())
+    sy = np.fft.fftfreq(h, 1 / h)[:, None]
+    sx = np.fft.fftfreq(w, 1 / w)[None, :]
+    cc[(np.abs(sy) > h // 4) | (np.abs(sx) > w // 4)] = -np.inf
+    iy, ix = np.unravel_index(np.argmax(cc), cc.shape)
+    steps = np.arange(-1.5, 1.5 + 1e-9, 1 / upsample)
+    oy, ox = sy[iy, 0] + steps, sx[0, ix] + steps
+    ey = np.exp(2j * np.pi * np.outer(oy, np.fft.fftfreq(h)))
+    ex = np.exp(2j * np.pi * np.outer(np.fft.fftfreq(w), ox))
+    fine = (ey @ cross @ ex).real / (ey @ wcross @ ex).real
+    jy, jx = np.unravel_index(np.argmax(fine), fine.shape)
+    return float(ox[jx]), float(oy[jy])
+
+
 def offset_px(a: np.ndarray, b: np.ndarray) -> float:
-    ga = cv2.cvtColor(a, cv2.COLOR_RGB2GRAY).astype(np.float64)
-    gb = cv2.cvtColor(b, cv2.COLOR_RGB2GRAY).astype(np.float64)
-    (dx, dy), _ = cv2.phaseCorrelate(ga, gb)
-    return float(np.hypot(dx, dy))
+    return float(np.hypot(*offset_xy(a, b)))
+
+
+def test_offset_helper_recovers_known_shifts():
+    g = (np.arange(PATCH) + 0.5) * TARGET_UM
+    a = render_um(50 + g, 70 + g, 3)
+    for k in (1, 2, 3, 5):
+        for ux, uy in ((1, 0), (0, 1), (1, -1)):
+            b = render_um(50 + g + uy * k * TARGET_UM, 70 + g + ux * k * TARGET_UM, 3)
+            dx, dy = offset_xy(a, b)
+            assert abs(dx + ux * k) <= 0.3 and abs(dy + uy * k) <= 0.3, (k, ux, uy, dx, dy)
 
 
 def read_tiles(path: Path) -> dict:
@@ -98,9 +150,10 @@ def info(sid, tech, ps, level, modality) -> SampleInfo:
 
 
 # --------------------------------------------------------------------------------- spot level
-@pytest.mark.parametrize("ps", [0.25, 0.5, 1.0])
+@pytest.mark.parametrize("ps", [0.2125, 0.25, 0.5, 1.0, 1.111])
 def test_spot_patches_are_centred_and_targets_aligned(tmp_path, ps):
-    sid = f"SPOT{int(ps * 100)}"
+    """Arbitrary fractional spot centres; truth cropped at the real centre, not a snapped one."""
+    sid = f"SPOT{int(ps * 10000)}"
     w_um, h_um = 360.0, 300.0
     paths = SamplePaths.from_hest_dir(tmp_path, sid)
     paths.wsi.parent.mkdir(parents=True)
@@ -113,8 +166,7 @@ def test_spot_patches_are_centred_and_targets_aligned(tmp_path, ps):
     no_tissue = [(320.0, 150.0)]  # patch fully right of 250 um: 0 % tissue
     outside = [(-5.0, 100.0), (w_um + 1, 50.0), (100.0, h_um + 30)]
     c_um = np.array(inside + no_tissue + outside)
-    centres = c_um / ps
-    centres[:7] = np.round(centres[:7]) + rng.uniform(-0.3, 0.3, (7, 2))  # near-integer floats
+    centres = c_um / ps  # fractional level-0 centres, not snapped to the pixel grid
     n = len(centres)
     barcodes = [f"AC{i:04d}-1" for i in range(n)]
     genes = ["ACTB", "EPCAM", "VIM", "PTPRC"]
@@ -125,7 +177,9 @@ def test_spot_patches_are_centred_and_targets_aligned(tmp_path, ps):
 
     t = read_tiles(out)
     size_src = round(PATCH * TARGET_UM / ps)
+    side = PATCH * TARGET_UM / ps
     assert attrs["size_src_px"] == size_src
+    assert attrs["size_src_exact_px"] == pytest.approx(side)
     a = t["attrs"]
     assert (a["n_spots_total"], a["n_dropped_outside"], a["n_dropped_tissue"]) == (n, 3, 1)
     assert a["pixel_size_um"] == ps and a["target_pixel_size_um"] == 0.5
@@ -144,20 +198,14 @@ def test_spot_patches_are_centred_and_targets_aligned(tmp_path, ps):
     for k, bc in enumerate(t["barcodes"]):
         i = barcodes.index(bc)
         np.testing.assert_array_equal(t["expr"][k], counts[i])
-        top = np.round(centres[i]).astype(int) - size_src // 2
-        np.testing.assert_array_equal(t["coords"][k], top)
-        x, y = top
-        crop = img[y : y + size_src, x : x + size_src]
-        interp = cv2.INTER_AREA if size_src >= PATCH else cv2.INTER_LINEAR
-        ref = cv2.resize(crop, (PATCH, PATCH), interpolation=interp)
+        # coords: HEST's integer level-0 top-left of the exact box
+        np.testing.assert_array_equal(t["coords"][k], np.round(centres[i] - side / 2))
+        # Physical truth: the texture on the 0.5 um grid centred on the real (fractional) spot.
         patch = t["img"][k]
-        assert np.abs(patch.astype(int) - ref).mean() < 3.0
-        assert offset_px(ref, patch) <= 1.0
-        # Physical truth: the texture on the 0.5 um grid centred on the spot.
-        cx, cy = np.round(centres[i]) * ps
-        g = (np.arange(PATCH) + 0.5) * TARGET_UM - PATCH * TARGET_UM / 2
-        truth = render_um(cy + g, cx + g)
-        assert offset_px(truth, patch) <= 1.0
+        truth = truth_patch(*(centres[i] * ps))
+        off, mad = offset_px(truth, patch), np.abs(patch.astype(int) - truth).mean()
+        # <= 1 px is the requirement; measured <= 0.1 (rounding the centre: up to 2.1 px)
+        assert off <= 0.5 and mad < 2.0, (bc, off, mad)
 
 
 def _visium_sample(tmp_path: Path, sid: str, ps: float = 1.0, n: int = 6):
@@ -220,6 +268,72 @@ def test_spot_bad_inputs_leave_no_file(tmp_path):
             r"BAD metadata: pixel_size_um_estimated",
             inf=info("BAD", "Visium", bad, "spot", "visium"),
         )
+
+
+def test_bad_expression_and_centres_fail_clearly(tmp_path, caplog):
+    """NaN / negative counts and NaN centres: one-line errors naming sample and h5ad."""
+    i = info("EXPR", "Visium", 1.0, "spot", "visium")
+    paths = _visium_sample(tmp_path, "EXPR")
+    out = tmp_path / "out" / "EXPR.h5"
+    bc, genes = ["a-1", "b-1"], ["A", "B", "C"]
+    good = [[100.0, 100.0], [150.0, 150.0]]
+    cases = [
+        (good, [[1, np.nan, 0], [0, 2, 1]], r"EXPR .*EXPR\.h5ad: X holds 1 NaN or infinite"),
+        (good, [[1, np.inf, 0], [0, 2, 1]], r"EXPR .*EXPR\.h5ad: X holds 1 NaN or infinite"),
+        (good, [[1, -3, 0], [0, 2, 1]], r"EXPR .*EXPR\.h5ad: X holds 1 negative values"),
+        (
+            [[100.0, np.nan], [150.0, 150.0]],
+            [[1, 1, 0], [0, 2, 1]],
+            r"EXPR .*EXPR\.h5ad: 1 of 2 spot centres .* NaN or infinite \(e\.g\. 'a-1'\)",
+        ),
+    ]
+    for centres, counts, match in cases:
+        write_h5ad(paths.st, bc, centres, counts, genes)
+        with pytest.raises(MintError, match=match) as err:
+            tile_sample(i, paths, out, CFG)
+        assert "\n" not in str(err.value) and "outside the slide" not in str(err.value)
+        assert not out.exists()
+    # Dense X too (not only the sparse .data path).
+    a = ad.AnnData(
+        X=np.array([[1.0, np.nan, 0], [0, 2, 1]], np.float32), obs=pd.DataFrame(index=bc)
+    )
+    a.obsm["spatial"] = np.array(good)
+    a.write_h5ad(paths.st)
+    with pytest.raises(MintError, match=r"EXPR .*X holds 1 NaN"):
+        tile_sample(i, paths, out, CFG)
+    # Non-integer values (normalised, not raw counts): a warning, the tiles are still written.
+    write_h5ad(paths.st, bc, good, [[1.5, 1, 0], [0, 2, 1]], genes)
+    with caplog.at_level("WARNING", logger="mint.data.tiling"):
+        tile_sample(i, paths, out, CFG)
+    assert "not integer-valued" in caplog.text and out.exists()
+
+
+@pytest.mark.filterwarnings("ignore:Variable names are not unique")
+@pytest.mark.parametrize("sparse", [True, False])
+def test_duplicate_gene_symbols_are_summed(tmp_path, caplog, sparse):
+    paths = _visium_sample(tmp_path, "DUP")
+    genes = ["A", "B", "A", "C", "B", "A"]
+    counts = np.array([[1, 2, 3, 4, 5, 6], [10, 20, 30, 40, 50, 60]], np.float32)
+    a = ad.AnnData(
+        X=sp.csr_matrix(counts) if sparse else counts,
+        obs=pd.DataFrame(index=["a-1", "b-1"]),
+        var=pd.DataFrame(index=pd.Index(genes)),
+    )
+    a.obsm["spatial"] = np.array([[100.0, 100.0], [150.0, 150.0]])
+    a.write_h5ad(paths.st)
+    _, _, x, names, n_dup = tiling.read_spots(paths.st, "DUP")
+    assert names == ["A", "B", "C"] and n_dup == 3 and sp.issparse(x) == sparse
+    want = np.array([[10, 7, 4], [100, 70, 40]], np.float32)
+    np.testing.assert_array_equal(x.toarray() if sparse else x, want)
+    out = tmp_path / "DUP.h5"
+    with caplog.at_level("WARNING", logger="mint.data.tiling"):
+        tile_sample(info("DUP", "Visium", 1.0, "spot", "visium"), paths, out, CFG)
+    assert "3 duplicate gene symbols" in caplog.text and "summed" in caplog.text
+    t = read_tiles(out)
+    assert t["gene_names"] == ["A", "B", "C"] and t["attrs"]["n_genes_duplicate"] == 3
+    rows = {bc: k for k, bc in enumerate(t["barcodes"])}
+    for j, bc in enumerate(["a-1", "b-1"]):
+        np.testing.assert_array_equal(t["expr"][rows[bc]], want[j])
 
 
 # ---------------------------------------------------------------------------- Xenium patches
@@ -429,6 +543,87 @@ def test_xenium_without_segmentation_uses_transcript_centroids(tmp_path, monkeyp
     for p, (counts, n_cells) in truth.items():
         np.testing.assert_array_equal(t["expr"][got[p]], counts[order])
         assert t["n_cells"][got[p]] == n_cells
+
+
+def _counted(tx) -> pd.Series:
+    """Transcripts that count in cells mode when assigned: panel genes with qv >= 20."""
+    return tx["feature_name"].isin(GENES_X) & (tx["qv"] >= 20)
+
+
+@pytest.mark.parametrize("fraction", [0.02, 0.2])
+def test_xenium_unmatched_cell_ids(tmp_path, caplog, fraction):
+    """Transcripts whose cell is missing from xenium_seg: counted; > 5 % is an error."""
+
+    def orphan(tx):
+        tx = tx.copy()
+        assigned = np.flatnonzero((tx["cell_id"] != "UNASSIGNED") & _counted(tx))
+        n = int(round(fraction * len(assigned)))
+        tx.loc[assigned[:n], "cell_id"] = [f"ghost{k}-1" for k in range(n)]
+        return tx
+
+    sid = f"XUN{int(fraction * 100)}"
+    paths, ids, polys, tx, (W, H) = _write_xenium(tmp_path, sid, tx_hook=orphan)
+    n_assigned = int(((tx["cell_id"] != "UNASSIGNED") & _counted(tx)).sum())
+    n_ghost = int((tx["cell_id"].str.startswith("ghost") & _counted(tx)).sum())
+    out = tmp_path / "o" / f"{sid}.h5"
+    i = info(sid, "Xenium", PS_X, "patch", "xenium")
+    if fraction > 0.05:
+        match = rf"{sid} .*{sid}_xenium_cell_seg\.parquet: {n_ghost} of {n_assigned} .*missing"
+        with pytest.raises(MintError, match=match):
+            tile_sample(i, paths, out, CFG)
+        assert not out.exists() and not list(out.parent.glob("*"))
+        return
+    with caplog.at_level("WARNING", logger="mint.data.tiling"):
+        tile_sample(i, paths, out, CFG)
+    assert f"{n_ghost} of {n_assigned}" in caplog.text
+    t = read_tiles(out)
+    assert t["attrs"]["n_transcripts_unmatched"] == n_ghost > 0
+    cents = shapely.get_coordinates(shapely.centroid(polys))
+    truth = _brute_force(ids, cents, tx, W, H, "cells")  # ghosts belong to no cell
+    assert t["expr"].sum() == sum(v[0].sum() for v in truth.values())
+
+
+def test_xenium_numeric_ids_and_geoparquet_geometry_column(tmp_path):
+    """Seg ids stored as floats (1.0), transcript ids as ints; polygons in 'combined'."""
+
+    def int_ids(tx):
+        tx = tx.copy()
+        tx["cell_id"] = [-1 if c == "UNASSIGNED" else int(c[4:7]) for c in tx["cell_id"]]
+        return tx
+
+    paths, ids, polys, tx, (W, H) = _write_xenium(tmp_path, "XNUM", tx_hook=int_ids)
+    geo = {
+        "version": "1.0.0",
+        "primary_column": "combined",
+        "columns": {"combined": {"encoding": "WKB", "geometry_types": ["Polygon"]}},
+    }
+    table = pa.table(
+        {
+            "combined": pa.array(list(shapely.to_wkb(polys)), pa.binary()),
+            "geometry": pa.array([b"not wkb"] * len(polys), pa.binary()),  # a decoy
+            "cell_id": pa.array([float(int(c[4:7])) for c in ids], pa.float64()),
+        }
+    ).replace_schema_metadata({b"geo": json.dumps(geo).encode()})
+    pq.write_table(table, paths.cell_seg)
+    out = tmp_path / "XNUM.h5"
+    tile_sample(info("XNUM", "Xenium", PS_X, "patch", "xenium"), paths, out, CFG)
+    t = read_tiles(out)
+    assert t["attrs"]["cell_source"] == "xenium_seg"
+    assert t["attrs"]["n_transcripts_unmatched"] == 0
+    cents = shapely.get_coordinates(shapely.centroid(polys))
+    truth = _brute_force(list(range(len(ids))), cents, tx, W, H, "cells")
+    got = {tuple(int(v) for v in bc.split("x")): k for k, bc in enumerate(t["barcodes"])}
+    assert set(got) == set(truth)
+    order = [GENES_X.index(g) for g in t["gene_names"]]
+    for p, (counts, n_cells) in truth.items():
+        np.testing.assert_array_equal(t["expr"][got[p]], counts[order])
+        assert t["n_cells"][got[p]] == n_cells
+
+
+def test_normalise_ids():
+    ids = [1, 1.0, "1", b"1", "1.0", np.int64(7), np.float32(7.0), -1, -1.0, None, float("nan")]
+    assert tiling._normalise_ids(ids) == ["1", "1", "1", "1", "1", "7", "7", "", "", "", ""]
+    assert tiling._normalise_ids(["aaab-1", "UNASSIGNED", " x "]) == ["aaab-1", "", "x"]
 
 
 def test_xenium_bad_inputs_leave_no_file(tmp_path):

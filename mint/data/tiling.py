@@ -2,11 +2,15 @@
 
 Two ways to pair pixels with expression, by technology (`mint.hest.metadata.level_of`):
 
-* **spot level** (Visium, legacy ST, Visium HD pooled spots): one patch centred on each spot of
-  ``obsm['spatial']`` (``top_left = round(centre) - size_src // 2`` with
-  ``size_src = round(patch_px * target_um / slide_um)``), kept when at least ``min_tissue`` of it
-  is tissue. Spots whose centre is outside the slide are dropped and counted. Target = the spot's
-  raw counts from ``st/{id}.h5ad``.
+* **spot level** (Visium, legacy ST, Visium HD pooled spots): one patch centred *exactly* on
+  each spot of ``obsm['spatial']``: the level-0 source box has side
+  ``S = patch_px * target_um / slide_um`` (not rounded) and top-left ``centre - S / 2`` (float),
+  and the reader resamples that fractional box (:meth:`mint.data.wsi.WSI.read_box`). Rounding
+  the centre or the side instead would shift the patch by up to ~1 level-0 px per axis, i.e.
+  > 2 output px on 1.1 um/px slides. ``coords`` stores ``round(centre - S / 2)`` (HEST's integer
+  level-0 top-left). A patch is kept when at least ``min_tissue`` of it is tissue. Spots whose
+  centre is outside the slide are dropped and counted. Target = the spot's raw counts from
+  ``st/{id}.h5ad`` (duplicate gene symbols summed).
 * **patch level** (Xenium): a grid of non-overlapping patches anchored at the slide origin. A
   grid patch is a candidate when at least one transcript falls inside it (the Xenium capture
   area can be smaller than the H&E section, and a patch outside it would get a false zero
@@ -15,6 +19,10 @@ Two ways to pair pixels with expression, by technology (`mint.hest.metadata.leve
   position of the cell's transcripts when there is no segmentation file); each cell belongs to
   exactly one patch, by ``floor(centroid / size_src)``. ``transcripts`` counts every transcript
   whose (he_x, he_y) falls inside. Control codewords and ``qv < min_qv`` are dropped in both.
+  In ``cells`` mode, transcripts whose cell id is not in ``xenium_seg`` are counted
+  (``n_transcripts_unmatched``) and not used; more than 5 % of the cell-assigned ones is an
+  error (the two files do not belong together). Ids are compared as normalised strings
+  (``1``, ``1.0`` and ``"1"`` are the same cell).
 
 Transcript tables can hold hundreds of millions of rows: they are streamed in record batches
 with only the needed columns, binned with ``np.add.at`` on flat (patch, gene) indices, and the
@@ -31,6 +39,7 @@ import argparse
 import logging
 import math
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +57,10 @@ from mint.io import atomic_path
 log = logging.getLogger(__name__)
 
 TRANSCRIPT_BATCH_ROWS = 1 << 20  # rows per record batch: bounds memory (~0.3 GB)
+#: Largest tolerated fraction of cell-assigned gene transcripts whose cell id is missing from
+#: the segmentation file (cells mode). Above it the two files do not belong together (other
+#: run, other id format) and the targets would be silently depleted.
+MAX_UNMATCHED_FRACTION = 0.05
 INITIAL_GENE_CAPACITY = 512  # accumulator columns (at least the h5ad's genes); grows if needed
 _UNASSIGNED = {"", "unassigned", "-1", "none", "nan"}
 
@@ -111,19 +124,31 @@ class SamplePaths:
 class Targets:
     """Everything the writer needs except pixels."""
 
-    tops: np.ndarray  # (N, 2) int64 level-0 top-left x, y
+    tops: np.ndarray  # (N, 2) int64 level-0 top-left x, y (the `coords` of the tile file)
     barcodes: list[str]
     genes: list[str]
     expr_rows: object  # callable(start, stop) -> float32 (n, G)
     n_cells: np.ndarray | None
     stats: dict
+    #: (N, 2) float64 exact level-0 top-left of the box to read, and its side; the pixels come
+    #: from this box, not from `tops`, so the patch centre is exact (None: read `tops`).
+    boxes: np.ndarray | None = None
+    box_size: float | None = None
 
 
 # --------------------------------------------------------------------------------------------
 # spot level
 # --------------------------------------------------------------------------------------------
 def read_spots(st_path: Path, sample_id: str):
-    """(barcodes, centres (N, 2) float64 x/y, X (N, G) sparse or dense, genes) from an h5ad."""
+    """(barcodes, centres (N, 2) float64 x/y, X (N, G) sparse or dense, genes, n_dup) of an h5ad.
+
+    Checked here so that bad input fails with one line naming sample and file instead of
+    producing silently wrong targets: centres must be finite (a NaN centre is a broken spot
+    table, not a spot outside the slide), counts finite and >= 0 (log1p of a negative or NaN
+    count poisons training). Non-integer counts only warn: HEST ships raw counts, but a
+    normalised matrix is still usable. Duplicate gene symbols (Ensembl ids mapped to one
+    symbol) are summed into one column; `n_dup` is the number of columns merged away.
+    """
     import anndata as ad
     import scipy.sparse as sp
 
@@ -154,31 +179,110 @@ def read_spots(st_path: Path, sample_id: str):
                 )
             spatial = spatial.loc[adata.obs_names]
         spatial = spatial.to_numpy()
-    centres = np.asarray(spatial, dtype=np.float64)
+    try:
+        centres = np.asarray(spatial, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise MintError(
+            f"{sample_id} {st_path}: obsm['spatial'] is not numeric: {one_line(exc)}"
+        ) from None
     if centres.ndim != 2 or centres.shape[0] != len(barcodes) or centres.shape[1] < 2:
         raise MintError(
             f"{sample_id} {st_path}: obsm['spatial'] has shape {centres.shape}, "
             f"expected ({len(barcodes)}, 2) matching the spot barcodes"
         )
+    centres = centres[:, :2]
+    bad = ~np.isfinite(centres).all(axis=1)
+    if bad.any():
+        raise MintError(
+            f"{sample_id} {st_path}: {int(bad.sum())} of {len(barcodes)} spot centres in "
+            f"obsm['spatial'] are NaN or infinite (e.g. {barcodes[int(np.argmax(bad))]!r})"
+        )
     genes = [str(g) for g in adata.var_names]
     x = adata.X
     if x is None:
         raise MintError(f"{sample_id} {st_path}: X (raw counts) is empty")
-    if sp.issparse(x):
-        x = sp.csr_matrix(x)
-    else:
-        x = np.asarray(x)
-    if len(set(genes)) != len(genes):
-        seen: set[str] = set()
-        keep = [i for i, g in enumerate(genes) if not (g in seen or seen.add(g))]
+    x = sp.csr_matrix(x) if sp.issparse(x) else np.asarray(x)
+    _check_counts(x, sample_id, st_path)
+    x, genes, n_dup = _sum_duplicate_genes(x, genes)
+    if n_dup:
         log.warning(
-            "%s: %d duplicate gene names, keeping the first of each",
+            "%s %s: %d duplicate gene symbols; their columns are summed into one (%d genes left)",
             sample_id,
-            len(genes) - len(keep),
+            st_path,
+            n_dup,
+            len(genes),
         )
-        genes = [genes[i] for i in keep]
-        x = x[:, keep]
-    return barcodes, centres[:, :2], x, genes
+    return barcodes, centres, x, genes, n_dup
+
+
+def _check_counts(x, sample_id: str, st_path: Path) -> None:
+    """Refuse NaN/inf/negative expression; warn when X does not look like raw counts.
+
+    A dense X is checked in row blocks so the temporaries stay small next to X itself.
+    """
+    import scipy.sparse as sp
+
+    vals = x.data if sp.issparse(x) else x
+    if vals.dtype.kind not in "biuf":
+        raise MintError(f"{sample_id} {st_path}: X has non-numeric dtype {vals.dtype}")
+    if vals.dtype.kind in "bu" or vals.size == 0:
+        return
+    n_bad = n_neg = n_frac = 0
+    vmin = 0.0
+    step = max(1, (1 << 24) // max(1, vals.size // max(1, len(vals))))  # ~16M values a block
+    for i in range(0, len(vals), step):
+        block = vals[i : i + step]
+        if block.dtype.kind == "f":
+            finite = np.isfinite(block)
+            n_bad += int(block.size - finite.sum())
+            block = block[finite]
+            n_frac += int((block != np.round(block)).sum())
+        n_neg += int((block < 0).sum())
+        if block.size:
+            vmin = min(vmin, float(block.min()))
+    if n_bad:
+        raise MintError(
+            f"{sample_id} {st_path}: X holds {n_bad} NaN or infinite values (expected raw counts)"
+        )
+    if n_neg:
+        raise MintError(
+            f"{sample_id} {st_path}: X holds {n_neg} negative values, min {vmin:g} "
+            f"(expected raw counts)"
+        )
+    if n_frac:
+        log.warning(
+            "%s %s: X is not integer-valued (%d non-integer values): not raw counts? "
+            "Using it as is",
+            sample_id,
+            st_path,
+            n_frac,
+        )
+
+
+def _sum_duplicate_genes(x, genes: list[str]):
+    """(x, genes, n_merged) with the columns of each repeated gene symbol summed.
+
+    Summing (rather than keeping the first column) keeps every count: HEST maps several
+    Ensembl ids to one symbol, and each id carries part of the gene's reads. Done with a sparse
+    (G, G') 0/1 matrix product, so a sparse X stays sparse and nothing dense of size N x G is
+    built.
+    """
+    import scipy.sparse as sp
+
+    first: dict[str, int] = {}
+    col = np.array([first.setdefault(g, len(first)) for g in genes], np.int64)
+    n_new = len(first)
+    if n_new == len(genes):
+        return x, genes, 0
+    dtype = x.dtype if x.dtype.kind in "iuf" else np.float32
+    merge = sp.csr_matrix(
+        (np.ones(len(genes), dtype), (np.arange(len(genes)), col)), shape=(len(genes), n_new)
+    )
+    if sp.issparse(x):
+        out = sp.csr_matrix(x @ merge)
+    else:
+        out = np.asarray(merge.T @ x.T).T  # dense @ sparse via the sparse operand's matmul
+    return out, list(first), len(genes) - n_new
 
 
 def spot_targets(
@@ -186,16 +290,15 @@ def spot_targets(
 ) -> Targets:
     import scipy.sparse as sp
 
-    barcodes, centres, x, genes = read_spots(paths.st, info.sample_id)
-    size_src = wsi.size_at(cfg.pixel_size_um, cfg.patch_size)
+    barcodes, centres, x, genes, n_dup = read_spots(paths.st, info.sample_id)
+    size_src = wsi.size_at(cfg.pixel_size_um, cfg.patch_size)  # rounded: tissue mask, attrs
+    side = cfg.patch_size * cfg.pixel_size_um / wsi.pixel_size_um  # exact: pixels
     n_total = len(barcodes)
-    finite = np.isfinite(centres).all(axis=1)
-    c = np.where(finite[:, None], centres, -1.0)
-    inside = (
-        finite & (c[:, 0] >= 0) & (c[:, 0] < wsi.width) & (c[:, 1] >= 0) & (c[:, 1] < wsi.height)
-    )
+    c = centres  # finite (read_spots refuses non-finite centres)
+    inside = (c[:, 0] >= 0) & (c[:, 0] < wsi.width) & (c[:, 1] >= 0) & (c[:, 1] < wsi.height)
+    boxes = c - side / 2.0  # exact top-left, centred on the spot to sub-pixel precision
     tops = np.zeros((n_total, 2), np.int64)
-    tops[inside] = np.round(c[inside]).astype(np.int64) - size_src // 2
+    tops[inside] = np.round(boxes[inside]).astype(np.int64)
     frac = np.zeros(n_total, np.float32)
     idx_in = np.flatnonzero(inside)
     frac[idx_in] = mask.fractions(
@@ -238,21 +341,42 @@ def spot_targets(
             n_dropped_outside=n_out,
             n_dropped_tissue=n_tissue,
             size_src_px=size_src,
+            size_src_exact_px=float(side),
+            n_genes_duplicate=n_dup,
         ),
+        boxes=boxes[kept],
+        box_size=float(side),
     )
 
 
 # --------------------------------------------------------------------------------------------
 # patch level (Xenium)
 # --------------------------------------------------------------------------------------------
+_INT_FLOAT_RE = re.compile(r"^-?\d+\.0*$")
+
+
 def _normalise_ids(values) -> list[str]:
-    """Cell ids as strings whatever their storage (int, str, bytes); unassigned -> ''."""
+    """Cell ids as strings whatever their storage; unassigned -> ''.
+
+    The transcript table and the segmentation file may store the same id differently (int
+    ``1``, float ``1.0`` after a pandas NaN upcast, str ``"1"``, bytes), so integral numbers
+    and integral decimal strings become ``"1"`` on both sides; other strings are kept.
+    """
     out = []
     for v in values:
-        if v is None:
+        if v is None or (isinstance(v, float) and not math.isfinite(v)):
             out.append("")
             continue
-        s = as_str(v).strip()
+        if isinstance(v, (bool, np.bool_)):
+            s = str(int(v))
+        elif isinstance(v, (int, np.integer)):
+            s = str(int(v))
+        elif isinstance(v, (float, np.floating)):
+            s = str(int(v)) if float(v).is_integer() else repr(float(v))
+        else:
+            s = as_str(v).strip()
+            if _INT_FLOAT_RE.match(s):
+                s = s.split(".")[0]
         out.append("" if s.lower() in _UNASSIGNED else s)
     return out
 
@@ -329,9 +453,11 @@ def _iter_batches(pf, columns: list[str], sample_id: str, path: Path, desc: str,
 def cells_from_segmentation(path: Path, sample_id: str) -> tuple[list[str], np.ndarray] | None:
     """(cell ids, centroids (N, 2) in H&E level-0 px) from HEST's cell polygons, or None.
 
-    HEST writes the GeoDataFrame with geopandas: WKB polygons in ``geometry`` and the cell id
-    as the (pandas) index column. None (with a warning) when the file has no usable id column,
-    so the caller falls back to transcript-based centroids.
+    HEST writes the GeoDataFrame with geopandas: WKB polygons and the cell id as the (pandas)
+    index column. The geometry column is the GeoParquet ``geo`` metadata's ``primary_column``
+    when present (HEST names it ``geometry`` or ``combined``), else the first of those names.
+    None (with a warning) when the file has no usable geometry or id column, so the caller
+    falls back to transcript-based centroids.
     """
     import json as _json
 
@@ -345,7 +471,15 @@ def cells_from_segmentation(path: Path, sample_id: str) -> tuple[list[str], np.n
         for c in _json.loads(meta[b"pandas"]).get("index_columns", []):
             if isinstance(c, str) and c in names:
                 id_col = c
-    if "geometry" not in names or id_col is None:
+    geo_col = None
+    if b"geo" in meta:
+        try:
+            geo_col = _json.loads(meta[b"geo"]).get("primary_column")
+        except (ValueError, AttributeError):
+            geo_col = None
+    if geo_col not in names:
+        geo_col = next((c for c in ("geometry", "combined") if c in names), None)
+    if geo_col is None or id_col is None:
         log.warning(
             "%s %s: no geometry or cell id column; centroids from transcripts instead",
             sample_id,
@@ -354,8 +488,8 @@ def cells_from_segmentation(path: Path, sample_id: str) -> tuple[list[str], np.n
         return None
     ids: list[str] = []
     cents = []
-    for batch in pf.iter_batches(batch_size=1 << 18, columns=["geometry", id_col]):
-        geoms = shapely.from_wkb(batch.column("geometry").to_numpy(zero_copy_only=False))
+    for batch in pf.iter_batches(batch_size=1 << 18, columns=[geo_col, id_col]):
+        geoms = shapely.from_wkb(batch.column(geo_col).to_numpy(zero_copy_only=False))
         cents.append(
             shapely.get_coordinates(shapely.centroid(geoms)).reshape(-1, 2)
             if len(geoms)
@@ -472,6 +606,7 @@ def xenium_targets(
     acc = np.zeros((tissue_ids.size, cap), np.int32)
     coverage = np.zeros(n_grid, np.int64)
     n_used = n_low_qv = n_control = n_tx_outside = 0
+    n_with_cell = n_unmatched = 0  # cells mode: gene transcripts with a cell id / id unknown
     columns = (
         ["feature_name", "he_x", "he_y"]
         + (["qv"] if has_qv else [])
@@ -505,8 +640,13 @@ def xenium_targets(
             ok &= ~low
         if use_cells:
             cidx, cdict = _encode(batch.column("cell_id"))
-            clut = cells.lut(_normalise_ids(cdict), grow=False)
+            cnames = _normalise_ids(cdict)
+            clut = cells.lut(cnames, grow=False)
+            named = np.array([bool(c) for c in cnames] + [False], bool)  # [-1]: null id
+            has_id = ok & named[np.where(cidx >= 0, cidx, len(cnames))]
             cid = np.where(cidx >= 0, clut[np.maximum(cidx, 0)], -1)
+            n_with_cell += int(has_id.sum())
+            n_unmatched += int((has_id & (cid < 0)).sum())
             patch = np.where(
                 cid >= 0, cell_patch[np.maximum(cid, 0)] if cell_patch.size else -1, -1
             )
@@ -516,6 +656,24 @@ def xenium_targets(
         n_used += int(ok.sum())
         np.add.at(acc.reshape(-1), patch[ok] * cap + gid[ok], 1)
 
+    if n_unmatched:
+        frac = n_unmatched / max(n_with_cell, 1)
+        if frac > MAX_UNMATCHED_FRACTION:
+            raise MintError(
+                f"{sid} {paths.cell_seg}: {n_unmatched} of {n_with_cell} ({frac:.1%}) cell-assigned "
+                f"transcripts of {tpath.name} have a cell_id missing from this segmentation file "
+                f"(> {MAX_UNMATCHED_FRACTION:.0%}; mismatched files or id formats?)"
+            )
+        log.warning(
+            "%s %s: %d of %d (%.2f%%) cell-assigned transcripts have a cell_id not in %s; "
+            "not counted",
+            sid,
+            tpath,
+            n_unmatched,
+            n_with_cell,
+            100 * frac,
+            paths.cell_seg.name,
+        )
     if n_used == 0:
         raise MintError(
             f"{sid} {tpath}: no transcript left to count (controls dropped, qv >= {cfg.min_qv}, "
@@ -566,6 +724,7 @@ def xenium_targets(
             n_transcripts_control=n_control,
             n_transcripts_outside=n_tx_outside,
             n_cells_outside=n_cells_outside,
+            n_transcripts_unmatched=n_unmatched,
             cell_source=cell_source,
         ),
     )
@@ -594,7 +753,7 @@ def _h5ad_genes(path: Path) -> list[str]:
 def read_patches(
     wsi: WSI,
     tops: np.ndarray,
-    size_src: int,
+    size_src: float,
     out_size: int,
     threads: int,
     batch: int,
@@ -603,14 +762,20 @@ def read_patches(
 ):
     """Yield (start, uint8 (b, out, out, 3)) batches of patches in `tops` order.
 
+    `tops` (level-0 top-left x, y) and `size_src` (level-0 side) may be fractional: the box
+    is resampled exactly (:meth:`WSI.read_box`), so a spot patch is centred on the spot to a
+    small fraction of an output pixel. Whole-pixel boxes take the reader's crop/resize path.
     Batch arrays are reused: a batch stays valid until the next-but-one is requested.
     """
     n = len(tops)
     pool = ThreadPoolExecutor(max_workers=threads) if threads > 1 else None
     bar = tqdm(total=n, desc=desc, unit="patch", disable=not progress)
 
+    side = float(size_src)
+
     def one(i: int) -> np.ndarray:
-        return wsi.read_region(int(tops[i, 0]), int(tops[i, 1]), size_src, out_size)
+        x, y = float(tops[i, 0]), float(tops[i, 1])
+        return wsi.read_box(x, y, side, side, out_size, out_size)
 
     # Two buffers used in turn, so the caller may still be writing the previous batch (in a
     # thread) while this one is read.
@@ -664,6 +829,8 @@ def tile_sample(info: SampleInfo, paths: SamplePaths, out: Path, cfg: TileConfig
             **t.stats,
         )
         size_src = int(t.stats["size_src_px"])
+        boxes = t.tops if t.boxes is None else t.boxes
+        side = float(size_src if t.box_size is None else t.box_size)
         log.info(
             "%s: %d patches (%s level, %d level-0 px -> %d px), %d genes",
             info.sample_id,
@@ -685,8 +852,8 @@ def tile_sample(info: SampleInfo, paths: SamplePaths, out: Path, cfg: TileConfig
             try:
                 for start, imgs in read_patches(
                     wsi,
-                    t.tops,
-                    size_src,
+                    boxes,
+                    side,
                     cfg.patch_size,
                     max(1, cfg.threads),
                     cfg.batch,

@@ -12,10 +12,15 @@ patches honest live in one place:
 * Memory is bounded by the requested region, never by the slide: OpenSlide decodes only the
   tiles under the region, and whole-slide views (:meth:`WSI.downscaled`) are built band by band.
 
-Geometry: the box is snapped to the pixel grid of the level it is read from (nearest pixel,
-centre preserving), so the output is off by at most half a pixel of that level, i.e. at most
-0.5 output pixel when downsampling. Reading at integer level coordinates keeps OpenSlide on its
-fast path (a fractional location makes it resample the whole region bilinearly).
+Geometry is exact, fractional boxes included: output pixel u covers level-0
+``[x + u * w / out_w, x + (u + 1) * w / out_w)``. The reader asks OpenSlide for the enclosing
+*integer* box of the chosen level (its fast path; a fractional location would make OpenSlide
+resample the whole region bilinearly) plus a one-pixel margin, then places the fractional box
+with :func:`resample` (area averaging down to about the output scale, then a sub-pixel affine
+warp). Spot patches need this: their centres are fractional and the source side
+``224 * 0.5 / slide_um`` is rarely an integer, and snapping either to the pixel grid shifts
+the patch by more than an output pixel on coarse (~1 um/px) slides. Whole-pixel boxes at the
+read level (the usual Xenium grid, integer-aligned spots) skip the warp: plain crop/resize.
 """
 
 from __future__ import annotations
@@ -93,6 +98,7 @@ class WSI:
             raise MintError(f"{self.sample_id} {self.path}: slide has no pixels")
         self.level_dimensions = [tuple(int(v) for v in d) for d in self._slide.level_dimensions]
         self.level_downsamples = [float(d) for d in self._slide.level_downsamples]
+        self.level_scales = [_content_scale(self.dimensions, d) for d in self.level_dimensions]
 
     # -- construction / context --------------------------------------------------------------
     @classmethod
@@ -141,8 +147,8 @@ class WSI:
         """RGB uint8 (h, w, 3) from `level` starting near level pixel (x, y); outside is white.
 
         Returns the pixels and the level coordinates of their top-left corner as OpenSlide
-        computed them (location / downsample; equal to (x, y) whenever the downsample is an
-        integer, which is the usual case).
+        computed them (location / reported downsample; equal to (x, y) whenever the downsample
+        is an integer, which is the usual case).
         """
         ds = self.level_downsamples[level]
         loc = (int(round(x * ds)), int(round(y * ds))) if level else (int(x), int(y))
@@ -173,8 +179,8 @@ class WSI:
         if w <= 0 or h <= 0 or out_w <= 0 or out_h <= 0:
             raise ValueError(f"empty box or output size: {(x, y, w, h, out_w, out_h)}")
         level = self.best_level(min(w / out_w, h / out_h))
-        ds = self.level_downsamples[level]
-        bx, by, bw, bh = x / ds, y / ds, w / ds, h / ds
+        kx, ky = self.level_scales[level]
+        bx, by, bw, bh = x / kx, y / ky, w / kx, h / ky
         exact = _is_int(bx) and _is_int(by) and _is_int(bw) and _is_int(bh)
         margin = 0 if exact else 1
         ix0 = math.floor(bx + _EPS) - margin
@@ -184,8 +190,11 @@ class WSI:
         region, sx, sy = self._read_level(level, ix0, iy0, ix1 - ix0, iy1 - iy0)
         return resample(region, bx - sx, by - sy, bw, bh, out_w, out_h)
 
-    def read_region(self, x: int, y: int, size_src: int, out_size: int) -> np.ndarray:
-        """Square level-0 box with top-left (x, y) and side `size_src`, resampled to `out_size`."""
+    def read_region(self, x: float, y: float, size_src: float, out_size: int) -> np.ndarray:
+        """Square level-0 box with top-left (x, y) and side `size_src`, resampled to `out_size`.
+
+        All three may be fractional (see :meth:`read_box`).
+        """
         return self.read_box(x, y, size_src, size_src, out_size, out_size)
 
     def downscaled(self, pixel_size_um: float, max_side: int = 16384) -> tuple[np.ndarray, float]:
@@ -214,6 +223,24 @@ class WSI:
         scale = max(self.width, self.height) / max_size
         img, _ = self.downscaled(self.pixel_size_um * max(scale, 1.0), max_side=max_size)
         return img
+
+
+def _content_scale(dims0: tuple[int, int], dims: tuple[int, int]) -> tuple[float, float]:
+    """Level-0 pixels per pixel of a level, per axis, as its *content* was made.
+
+    OpenSlide reports one downsample per level, the mean of W0 / W and H0 / H, e.g. 1.998 for a
+    /2 level of an odd-sized slide (W = ceil(W0 / 2)). Pyramid writers (vips, the synthetic
+    writer, scanners) shrink by an exact integer factor and only round the size, so level pixel
+    j shows level-0 [r * j, r * (j + 1)). Using the reported value would shift a patch by up to
+    half a level pixel towards the far edge of the slide. A level whose sizes are
+    floor or ceil of W0 / r and H0 / r for an integer r counts as exactly r; anything else (a
+    resized level) as W0 / W and H0 / H.
+    """
+    (w0, h0), (w, h) = dims0, dims
+    r = round(((w0 / w) + (h0 / h)) / 2)
+    if r >= 1 and w in (w0 // r, -(-w0 // r)) and h in (h0 // r, -(-h0 // r)):
+        return float(r), float(r)
+    return w0 / w, h0 / h
 
 
 def _is_int(v: float) -> bool:
