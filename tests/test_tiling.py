@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
 import shapely
+from alignment import offset_px, offset_xy
 
 from mint.cli import main
 from mint.data import tiling
@@ -90,39 +91,6 @@ def write_h5ad(path: Path, barcodes, centres, counts, genes) -> None:
     a.obsm["spatial"] = np.asarray(centres, np.float64)
     path.parent.mkdir(parents=True, exist_ok=True)
     a.write_h5ad(path)
-
-
-def offset_xy(a: np.ndarray, b: np.ndarray, upsample: int = 20) -> tuple[float, float]:
-    """Shift (dx, dy) in pixels of RGB image `b` relative to `a` (b(p) ~ a(p - d)).
-
-    Same as tests/test_wsi.py (see there why not ``cv2.phaseCorrelate``): Hanning-windowed
-    cross-correlation divided by the window's autocorrelation, refined to 1/`upsample` px.
-    """
-    ga = cv2.cvtColor(a, cv2.COLOR_RGB2GRAY).astype(np.float32)
-    gb = cv2.cvtColor(b, cv2.COLOR_RGB2GRAY).astype(np.float32)
-    h, w = ga.shape
-    win = cv2.createHanningWindow((w, h), cv2.CV_32F)
-    fa = np.fft.fft2((ga - ga.mean()) * win)
-    fb = np.fft.fft2((gb - gb.mean()) * win)
-    fw = np.fft.fft2(win)
-    cross, wcross = fb * np.conj(fa), fw * np.conj(fw)
-    wcc = np.fft.ifft2(wcross).real
-    cc = np.fft.ifft2(cross).real / np.maximum(wcc, 0.05 * wcc.max())
-    sy = np.fft.fftfreq(h, 1 / h)[:, None]
-    sx = np.fft.fftfreq(w, 1 / w)[None, :]
-    cc[(np.abs(sy) > h // 4) | (np.abs(sx) > w // 4)] = -np.inf
-    iy, ix = np.unravel_index(np.argmax(cc), cc.shape)
-    steps = np.arange(-1.5, 1.5 + 1e-9, 1 / upsample)
-    oy, ox = sy[iy, 0] + steps, sx[0, ix] + steps
-    ey = np.exp(2j * np.pi * np.outer(oy, np.fft.fftfreq(h)))
-    ex = np.exp(2j * np.pi * np.outer(np.fft.fftfreq(w), ox))
-    fine = (ey @ cross @ ex).real / (ey @ wcross @ ex).real
-    jy, jx = np.unravel_index(np.argmax(fine), fine.shape)
-    return float(ox[jx]), float(oy[jy])
-
-
-def offset_px(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.hypot(*offset_xy(a, b)))
 
 
 def test_offset_helper_recovers_known_shifts():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from alignment import offset_px, offset_xy
 
 from mint.data.wsi import WSI, resample
 from mint.errors import MintError
@@ -41,46 +42,6 @@ def render_um(y_um: np.ndarray, x_um: np.ndarray, seed: int = 0) -> np.ndarray:
             acc += 20 * (np.sin(ax) * np.cos(by) + np.cos(ax) * np.sin(by))
         out[..., c] = acc
     return np.clip(out, 0, 255).astype(np.uint8)
-
-
-def offset_xy(a: np.ndarray, b: np.ndarray, upsample: int = 20) -> tuple[float, float]:
-    """Shift (dx, dy) in pixels of RGB image `b` relative to `a` (b(p) ~ a(p - d)).
-
-    Windowed cross-correlation, refined to 1/`upsample` px with a matrix DFT around the peak.
-    Not ``cv2.phaseCorrelate``: on the smooth test texture (a few plane waves) phase correlation
-    whitens the spectrum, so the many empty frequency bins (leakage, uint8 rounding) dominate
-    and it misses true shifts by 0.3-5 px; OpenCV also pads 224 px to a 225-point DFT, which
-    biases every estimate by 0.5 px. The Hanning window removes the border discontinuity; the
-    correlation is divided by the window's own autocorrelation, otherwise the shrinking overlap
-    pulls the peak towards zero (-0.25 px at a true 5 px shift).
-    """
-    ga = cv2.cvtColor(a, cv2.COLOR_RGB2GRAY).astype(np.float32)
-    gb = cv2.cvtColor(b, cv2.COLOR_RGB2GRAY).astype(np.float32)
-    h, w = ga.shape
-    win = cv2.createHanningWindow((w, h), cv2.CV_32F)
-    fa = np.fft.fft2((ga - ga.mean()) * win)
-    fb = np.fft.fft2((gb - gb.mean()) * win)
-    fw = np.fft.fft2(win)
-    cross, wcross = fb * np.conj(fa), fw * np.conj(fw)
-    wcc = np.fft.ifft2(wcross).real
-    cc = np.fft.ifft2(cross).real / np.maximum(wcc, 0.05 * wcc.max())
-    # Integer peak within a quarter of the image (beyond that the overlap is too small).
-    sy = np.fft.fftfreq(h, 1 / h)[:, None]
-    sx = np.fft.fftfreq(w, 1 / w)[None, :]
-    cc[(np.abs(sy) > h // 4) | (np.abs(sx) > w // 4)] = -np.inf
-    iy, ix = np.unravel_index(np.argmax(cc), cc.shape)
-    steps = np.arange(-1.5, 1.5 + 1e-9, 1 / upsample)
-    oy, ox = sy[iy, 0] + steps, sx[0, ix] + steps
-    ey = np.exp(2j * np.pi * np.outer(oy, np.fft.fftfreq(h)))
-    ex = np.exp(2j * np.pi * np.outer(np.fft.fftfreq(w), ox))
-    fine = (ey @ cross @ ex).real / (ey @ wcross @ ex).real
-    jy, jx = np.unravel_index(np.argmax(fine), fine.shape)
-    return float(ox[jx]), float(oy[jy])
-
-
-def offset_px(a: np.ndarray, b: np.ndarray) -> float:
-    """Length of the sub-pixel shift between two RGB images (see :func:`offset_xy`)."""
-    return float(np.hypot(*offset_xy(a, b)))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
