@@ -14,6 +14,7 @@ The token never appears in arguments, logs or outputs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import shutil
@@ -237,17 +238,7 @@ def run(args: argparse.Namespace) -> int:
         from mint.synth.cli import config_from_args
         from mint.synth.hest import generate_sample
 
-        cfg = config_from_args(args)
-        generate_sample(
-            args.sample,
-            args.out_dir,
-            seed=cfg.seed,
-            n_visium=cfg.n_visium,
-            n_st=cfg.n_st,
-            n_xenium=cfg.n_xenium,
-            slide_size_um=cfg.slide_size_um,
-            n_genes=cfg.n_genes,
-        )
+        generate_sample(args.sample, args.out_dir, **dataclasses.asdict(config_from_args(args)))
         files = check_files(Path(args.out_dir), args.sample, tech)
     log.info("%s: %d files in %s", args.sample, len(files), args.out_dir)
     return 0

@@ -12,6 +12,7 @@ number of folds).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import re
@@ -179,17 +180,7 @@ def run(args: argparse.Namespace) -> int:
         from mint.synth.cli import config_from_args
         from mint.synth.hest import generate_bench
 
-        cfg = config_from_args(args)
-        dest = generate_bench(
-            args.out_dir,
-            args.task,
-            seed=cfg.seed,
-            slide_size_um=cfg.slide_size_um,
-            n_genes=cfg.n_genes,
-            n_visium=cfg.n_visium,
-            n_st=cfg.n_st,
-            n_xenium=cfg.n_xenium,
-        )
+        dest = generate_bench(args.out_dir, args.task, **dataclasses.asdict(config_from_args(args)))
     n = check_task(dest, args.task)
     log.info("bench task %s ready in %s (%d folds)", args.task, dest, n)
     return 0
