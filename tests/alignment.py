@@ -1,9 +1,13 @@
-"""Sub-pixel alignment of two patches, shared by the tiling and WSI-reader tests."""
+"""Ground truth for the tiling and WSI-reader tests: a texture defined in micrometres, the
+ideal patch centred anywhere on it, and the sub-pixel shift between two patches."""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
+
+PATCH = 224
+TARGET_UM = 0.5
 
 
 def offset_xy(a: np.ndarray, b: np.ndarray, upsample: int = 20) -> tuple[float, float]:
@@ -44,3 +48,36 @@ def offset_xy(a: np.ndarray, b: np.ndarray, upsample: int = 20) -> tuple[float, 
 def offset_px(a: np.ndarray, b: np.ndarray) -> float:
     """Length of the sub-pixel shift between two RGB images (see :func:`offset_xy`)."""
     return float(np.hypot(*offset_xy(a, b)))
+
+
+def render_um(y_um: np.ndarray, x_um: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The texture at points (y_um x x_um grid); plane waves evaluated separably (fast)."""
+    rng = np.random.default_rng(seed)
+    y = np.asarray(y_um, np.float64)[:, None]
+    x = np.asarray(x_um, np.float64)[None, :]
+    out = np.empty((y.shape[0], x.shape[1], 3), np.float32)
+    for c in range(3):
+        acc = np.full(out.shape[:2], 128.0)
+        for _ in range(6):
+            period = rng.uniform(6, 40)
+            theta = rng.uniform(0, np.pi)
+            phase = rng.uniform(0, 2 * np.pi)
+            k = 2 * np.pi / period
+            # sin(a + b) = sin a cos b + cos a sin b: two outer products instead of H*W sines.
+            ax, by = k * np.cos(theta) * x, k * np.sin(theta) * y + phase
+            acc += 20 * (np.sin(ax) * np.cos(by) + np.cos(ax) * np.sin(by))
+        out[..., c] = acc
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def truth_patch(cx_um: float, cy_um: float, seed: int = 0, supersample: int = 4) -> np.ndarray:
+    """Ground truth: the PATCH x PATCH patch at TARGET_UM centred exactly on (cx_um, cy_um).
+
+    Cropped from a high-resolution rendering (TARGET_UM / supersample per pixel) centred on the
+    real centre, then area-averaged to the target grid, i.e. what an ideal scanner would give.
+    """
+    n = PATCH * supersample
+    step = TARGET_UM / supersample
+    g = (np.arange(n) + 0.5) * step - PATCH * TARGET_UM / 2
+    hi = render_um(cy_um + g, cx_um + g, seed)
+    return cv2.resize(hi, (PATCH, PATCH), interpolation=cv2.INTER_AREA)

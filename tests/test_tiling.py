@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import anndata as ad
-import cv2
 import h5py
 import numpy as np
 import pandas as pd
@@ -15,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
 import shapely
-from alignment import offset_px, offset_xy
+from alignment import PATCH, TARGET_UM, offset_px, render_um, truth_patch
 
 from mint.cli import main
 from mint.data import tiling
@@ -23,43 +22,10 @@ from mint.data.tiling import SampleInfo, SamplePaths, TileConfig, tile_sample
 from mint.errors import MintError
 from mint.synth.tiff import write_pyramidal_tiff_array
 
-PATCH = 224
-TARGET_UM = 0.5
 CFG = TileConfig(progress=False)
 
 
 # ------------------------------------------------------------------------------------ helpers
-def render_um(y_um: np.ndarray, x_um: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Smooth RGB texture defined in micrometres (periods 6-40 um), at a y_um x x_um grid."""
-    rng = np.random.default_rng(seed)
-    y = np.asarray(y_um, np.float64)[:, None]
-    x = np.asarray(x_um, np.float64)[None, :]
-    out = np.empty((y.shape[0], x.shape[1], 3), np.float32)
-    for c in range(3):
-        acc = np.full(out.shape[:2], 128.0)
-        for _ in range(6):
-            period, theta, phase = rng.uniform(6, 40), rng.uniform(0, np.pi), rng.uniform(0, 6.3)
-            k = 2 * np.pi / period
-            # sin(a + b) = sin a cos b + cos a sin b: two outer products instead of H*W sines.
-            ax, by = k * np.cos(theta) * x, k * np.sin(theta) * y + phase
-            acc += 20 * (np.sin(ax) * np.cos(by) + np.cos(ax) * np.sin(by))
-        out[..., c] = acc
-    return np.clip(out, 0, 255).astype(np.uint8)
-
-
-def truth_patch(cx_um: float, cy_um: float, seed: int = 0, supersample: int = 4) -> np.ndarray:
-    """The PATCH px patch at TARGET_UM centred exactly on (cx_um, cy_um): ground truth.
-
-    Cropped from a high-resolution rendering (TARGET_UM / supersample per pixel) around the real
-    centre, then area-averaged to the target grid.
-    """
-    n = PATCH * supersample
-    g = (np.arange(n) + 0.5) * (TARGET_UM / supersample) - PATCH * TARGET_UM / 2
-    return cv2.resize(
-        render_um(cy_um + g, cx_um + g, seed), (PATCH, PATCH), interpolation=cv2.INTER_AREA
-    )
-
-
 def make_slide(path: Path, ps: float, w_um: float, h_um: float) -> np.ndarray:
     img = render_um(
         np.arange(int(h_um / ps)) * ps + ps / 2, np.arange(int(w_um / ps)) * ps + ps / 2
@@ -91,16 +57,6 @@ def write_h5ad(path: Path, barcodes, centres, counts, genes) -> None:
     a.obsm["spatial"] = np.asarray(centres, np.float64)
     path.parent.mkdir(parents=True, exist_ok=True)
     a.write_h5ad(path)
-
-
-def test_offset_helper_recovers_known_shifts():
-    g = (np.arange(PATCH) + 0.5) * TARGET_UM
-    a = render_um(50 + g, 70 + g, 3)
-    for k in (1, 2, 3, 5):
-        for ux, uy in ((1, 0), (0, 1), (1, -1)):
-            b = render_um(50 + g + uy * k * TARGET_UM, 70 + g + ux * k * TARGET_UM, 3)
-            dx, dy = offset_xy(a, b)
-            assert abs(dx + ux * k) <= 0.3 and abs(dy + uy * k) <= 0.3, (k, ux, uy, dx, dy)
 
 
 def read_tiles(path: Path) -> dict:
