@@ -70,6 +70,27 @@ class BackboneSpec:
 
 _SWIGLU = {"mlp_layer": "SwiGLUPacked", "act_layer": "silu"}
 
+
+def _h_optimus(version: int) -> BackboneSpec:
+    """H-optimus-0 and -1 share architecture, kwargs and normalisation; only the weights differ."""
+    return BackboneSpec(
+        name=f"h-optimus-{version}",
+        arch="vit_giant_patch14_reg4_dinov2",
+        hub_id=f"hf-hub:bioptimus/H-optimus-{version}",
+        model_args={
+            "img_size": 224,
+            "num_classes": 0,
+            "global_pool": "token",
+            "init_values": 1e-5,
+            "dynamic_img_size": False,
+        },
+        mean=HOPTIMUS_MEAN,
+        std=HOPTIMUS_STD,
+        patch_size=14,
+        notes=f"H-optimus-{version} (ViT-g/14, 4 registers); own normalisation",
+    )
+
+
 BACKBONES: dict[str, BackboneSpec] = {
     "uni": BackboneSpec(
         name="uni",
@@ -124,38 +145,8 @@ BACKBONES: dict[str, BackboneSpec] = {
         embedding="cls+patch_mean",
         notes="Virchow2 (ViT-H/14, 4 registers, SwiGLUPacked + SiLU); embeds as CLS ++ mean(patches)",
     ),
-    "h-optimus-0": BackboneSpec(
-        name="h-optimus-0",
-        arch="vit_giant_patch14_reg4_dinov2",
-        hub_id="hf-hub:bioptimus/H-optimus-0",
-        model_args={
-            "img_size": 224,
-            "num_classes": 0,
-            "global_pool": "token",
-            "init_values": 1e-5,
-            "dynamic_img_size": False,
-        },
-        mean=HOPTIMUS_MEAN,
-        std=HOPTIMUS_STD,
-        patch_size=14,
-        notes="H-optimus-0 (ViT-g/14, 4 registers); own normalisation",
-    ),
-    "h-optimus-1": BackboneSpec(
-        name="h-optimus-1",
-        arch="vit_giant_patch14_reg4_dinov2",
-        hub_id="hf-hub:bioptimus/H-optimus-1",
-        model_args={
-            "img_size": 224,
-            "num_classes": 0,
-            "global_pool": "token",
-            "init_values": 1e-5,
-            "dynamic_img_size": False,
-        },
-        mean=HOPTIMUS_MEAN,
-        std=HOPTIMUS_STD,
-        patch_size=14,
-        notes="H-optimus-1 (ViT-g/14, 4 registers); own normalisation",
-    ),
+    "h-optimus-0": _h_optimus(0),
+    "h-optimus-1": _h_optimus(1),
     "gigapath": BackboneSpec(
         name="gigapath",
         arch="vit_giant_patch14_dinov2",
