@@ -163,40 +163,16 @@ def test_metadata_helpers():
 
 def test_cli(tmp_path, capsys):
     out, leak = tmp_path / "samples.tsv", tmp_path / "leakage.tsv"
-    rc = main(
-        [
-            "select",
-            "--metadata",
-            str(CSV),
-            "--out",
-            str(out),
-            "--leakage-out",
-            str(leak),
-            "--source",
-            "hub",
-        ]
-    )
+    args = ["select", "--metadata", str(CSV), "--out", str(out), "--leakage-out", str(leak)]
+    args += ["--source", "hub"]
+    rc = main(args)
     assert rc == 0
     text = capsys.readouterr().err
     assert "577" in text and "Visium HD" in text and "estimate" in text
     df = pd.read_csv(out, sep="\t")
     assert df.columns[0] == "id" and len(df) == 577
     assert len(pd.read_csv(leak, sep="\t")) >= 20
-    rc = main(
-        [
-            "select",
-            "--metadata",
-            str(CSV),
-            "--out",
-            str(out),
-            "--leakage-out",
-            str(leak),
-            "--source",
-            "hub",
-            "--exclude",
-            "BAD_ID",
-        ]
-    )
+    rc = main([*args, "--exclude", "BAD_ID"])
     err = capsys.readouterr().err
     assert rc == 2 and "BAD_ID" in err and len(err.strip().splitlines()) == 1
 
