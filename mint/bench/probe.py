@@ -4,8 +4,11 @@ Per fold (mahmoodlab/HEST `src/hest/bench/benchmark.py` + `trainer.py`):
 
 1. train rows = the train samples' patches, test rows = the test samples' patches, in split-file
    order; targets `log1p(raw counts)` of the task's 50 genes aligned by barcode;
-2. `StandardScaler` then `PCA(n_components=256, random_state=seed)`, both fitted on train only;
-   HEST then converts the reduced features to a float32 torch tensor, so we cast to float32 too;
+2. `StandardScaler` then `PCA(n_components=256, random_state=seed)`, both fitted on train only.
+   HEST wraps the reduced features in `torch.Tensor(...)` (float32), and scikit-learn turns a
+   torch tensor into float64 (it sees no numpy dtype to keep), so HEST's ridge fits and predicts
+   in float64 on float32-rounded PCA scores: we round to float32 and solve in float64 the same
+   way. A float32 solve moves per-gene r by up to ~0.08 on small tasks;
 3. `Ridge(solver="lsqr", alpha=100 / (n_features * n_genes), fit_intercept=False,
    max_iter=1000, random_state=seed)` where n_features is the PCA output size (so 100/(256*50));
 4. `scipy.stats.pearsonr` per gene over all pooled test rows; fold score = mean over genes;
@@ -15,8 +18,9 @@ Per fold (mahmoodlab/HEST `src/hest/bench/benchmark.py` + `trainer.py`):
 alpha = 100/(D*50). Two deliberate, recorded departures: PCA components are capped at
 min(256, n_train, n_features) where HEST would crash, and a gene with undefined r (constant
 target or prediction) counts as 0 by default where HEST's `np.mean` would turn the whole fold
-into NaN (`--nan-policy hest` restores that). Neither occurs on the real benchmark with a
-256+ dimensional model, so published numbers are reproduced exactly.
+into NaN (`--nan-policy hest` restores that). Each result records in `departures` whether
+either was used; when neither was, the numbers are HEST's own to the last digit (the parity test
+in tests/test_bench.py follows HEST's code path, tensor conversion included).
 """
 
 from __future__ import annotations
@@ -93,9 +97,10 @@ def fit_predict(
         pca = PCA(n_components=n_comp, random_state=cfg.seed)
         x_train = pca.fit_transform(scaler.fit_transform(x_train))
         x_test = pca.transform(scaler.transform(x_test))
-        # HEST wraps these in torch.Tensor (float32) before the ridge.
-        x_train = np.asarray(x_train, dtype=np.float32)
-        x_test = np.asarray(x_test, dtype=np.float32)
+        # HEST: torch.Tensor(...) rounds to float32; scikit-learn then converts the tensor to
+        # float64, so the ridge below solves in float64 (see module docstring).
+        x_train = np.asarray(x_train, dtype=np.float32).astype(np.float64)
+        x_test = np.asarray(x_test, dtype=np.float32).astype(np.float64)
     alpha = cfg.alpha_numerator / (x_train.shape[1] * y_train.shape[1])
     reg = Ridge(
         solver="lsqr",
@@ -267,8 +272,20 @@ def probe_task(
                                            else f["pearson"][g] for f in folds])))
             for g in data.genes
         }  # fmt: skip
+        departures = []
+        capped = [f["fold"] for f in folds if f["n_components"] is not None
+                  and f["n_components"] < cfg.pca_components]  # fmt: skip
+        if capped:
+            departures.append(f"pca_cap: {cfg.pca_components} components capped in folds {capped}")
+        nan_folds = [f["fold"] for f in folds if f["n_nan_genes"]]
+        if nan_folds and cfg.nan_policy != "hest":
+            departures.append(
+                f"nan_policy {cfg.nan_policy}: undefined r in folds {nan_folds} "
+                "(HEST's fold mean would be NaN)"
+            )
         results[v] = {
             "mean": _nan_to_none(float(np.mean(means))),
+            "departures": departures,
             "std": _nan_to_none(float(np.std(means))),
             "fold_means": [_nan_to_none(x) for x in means],
             "dim": int(next(iter(feats.values())).shape[1]),
