@@ -187,3 +187,134 @@ def test_encoder_api_and_transforms():
     assert giga(np.zeros((300, 400, 3), np.uint8)).shape == (3, 224, 224)
     # other sizes are resized to the model's input size
     assert tf(np.zeros((112, 112, 3), np.uint8)).shape == (3, 224, 224)
+
+
+# --------------------------------------------------------------------------- exact timm backbones
+def _tiny_timm_vit(**kw):
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    args = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=0)
+    args.update(kw)
+    return VisionTransformer(**args).eval()
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"global_pool": "avg", "fc_norm": True},  # LayerNorm after mean pooling (norm = Identity)
+        {"global_pool": "map", "class_token": False},  # attention pooling (SigLIP-style)
+        {"global_pool": "avg", "class_token": False, "reg_tokens": 2},
+        {"global_pool": "token", "reg_tokens": 4},
+    ],
+)
+def test_cls_is_timms_pooled_feature_and_every_parameter_is_used(kw):
+    """`cls` equals timm's `forward_head(pre_logits=True)` (fc_norm / attn_pool applied), and a
+    backward reaches every parameter (no unused parameters to break DDP)."""
+    vit = _tiny_timm_vit(**kw)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = vit.forward_head(vit.forward_features(x), pre_logits=True)
+    wrapped = STTokenViT(copy.deepcopy(vit), st_token=False).eval()
+    with torch.no_grad():
+        got = wrapped(x)["cls"]
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)
+    st = STTokenViT(copy.deepcopy(vit), st_token=True)
+    out = st(x)
+    (out["cls"].sum() + out["st"].sum() + out["patch_mean"].sum()).backward()
+    unused = [n for n, p in st.named_parameters() if p.requires_grad and p.grad is None]
+    assert not unused, unused
+
+
+def test_timm_vit_subclasses_are_refused():
+    from timm.models.deit import VisionTransformerDistilled
+
+    vit = VisionTransformerDistilled(
+        img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, num_classes=0
+    )
+    with pytest.raises(MintError, match="VisionTransformerDistilled.*not supported"):
+        STTokenViT(vit)
+
+
+def test_timm_backbone_runs_at_the_training_size():
+    """timm's DINOv2 ViTs default to 518 px; MINT trains on 224 px tiles, so the model is built
+    (and exported, and evaluated) at 224."""
+    from mint.models.backbones import architecture_record
+
+    vit = build_backbone("timm:vit_small_patch14_dinov2", pretrained=False, tiny=True)
+    assert tuple(vit.patch_embed.img_size) == (224, 224)
+    rec = architecture_record("timm:vit_small_patch14_dinov2", vit)
+    assert rec["img_size"] == 224 and rec["model_args"]["img_size"] == 224
+    enc = build_encoder("timm:vit_small_patch14_dinov2", pretrained=False)
+    assert enc.img_size == 224
+
+
+@pytest.mark.parametrize("name", [*sorted(BACKBONES), "timm:vit_small_patch14_reg4_dinov2"])
+def test_architecture_record_rebuilds_the_real_model(name):
+    """The exported architecture is the model's own (a tiny build, a timm default), so the
+    state dict loads strictly into the rebuild."""
+    from mint.models.backbones import architecture_record, create_architecture
+
+    vit = build_backbone(name, pretrained=False, tiny=True)
+    rec = architecture_record(name, vit)
+    with torch.device("meta"):
+        rebuilt = create_architecture(rec["arch"], rec["model_args"])
+    ref = {k: tuple(v.shape) for k, v in vit.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()}
+    assert got == ref
+    assert rec["img_size"] == int(vit.patch_embed.img_size[0])
+
+
+def test_gigapath_field_of_view_is_the_trained_one():
+    """GigaPath's base model keeps its authors' (and HEST's) Resize 256 + CenterCrop 224; a MINT
+    model trained on whole 224 px tiles is evaluated on the whole tile."""
+    from mint.models.backbones import architecture_record
+
+    vit = build_backbone("gigapath", pretrained=False, tiny=True)
+    assert architecture_record("gigapath", vit)["resize"] == 256
+    rec = architecture_record("gigapath", vit, trained=True)
+    assert rec["resize"] is None and rec["base_resize"] == 256
+
+
+def _export_tiny(out):
+    from mint.models.heads import ExpressionHeads
+    from mint.train.export import export_model
+
+    vit = build_backbone("tiny-vit", pretrained=True)
+    backbone = STTokenViT(vit, st_token=True)
+    heads = ExpressionHeads(backbone.embed_dim, {"visium": 3})
+    stats = {"visium": {"mean": [0.0] * 3, "std": [1.0] * 3}}
+    export_model(out, backbone, heads, "tiny-vit", {"visium": ["A", "B", "C"]}, stats, {}, 1)
+    return out
+
+
+def test_load_model_failures_are_one_line_mint_errors(tmp_path):
+    import json
+
+    from mint.models.encoder import load_model
+
+    good = _export_tiny(tmp_path / "m")
+    assert load_model(good).img_size == 224
+    cases = {}
+    # the recorded architecture disagrees with the weights (shape mismatch)
+    d = _export_tiny(tmp_path / "shape")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["model_args"]["embed_dim"] = 48
+    (d / "config.json").write_text(json.dumps(cfg))
+    cases["shape"] = d
+    # an architecture timm refuses
+    d = _export_tiny(tmp_path / "arch")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["model_args"]["no_such_option"] = 1
+    (d / "config.json").write_text(json.dumps(cfg))
+    cases["arch"] = d
+    # truncated weights
+    d = _export_tiny(tmp_path / "trunc")
+    data = (d / "model.safetensors").read_bytes()
+    (d / "model.safetensors").write_bytes(data[: len(data) // 3])
+    cases["trunc"] = d
+    for key, d in cases.items():
+        with pytest.raises(MintError) as info:
+            load_model(d)
+        msg = str(info.value)
+        assert "\n" not in msg and str(d) in msg, (key, msg)

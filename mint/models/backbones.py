@@ -33,6 +33,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 HOPTIMUS_MEAN = (0.707223, 0.578729, 0.703617)
 HOPTIMUS_STD = (0.211883, 0.230117, 0.177517)
 
+# Tile size MINT trains on (224 px at 0.5 um/px): every timm: backbone is built at this size.
+TRAIN_IMG_SIZE = 224
+
 # Seed of the demo backbone: `train` and `bench` must see the very same "pretrained" weights.
 TINY_VIT_SEED = 20240917
 
@@ -49,6 +52,10 @@ class BackboneSpec:
     `resize`: evaluation transform resizes the shorter side to `resize` and centre-crops
     `img_size` (GigaPath's 256 -> 224); None resizes straight to `img_size`.
     `embedding`: the embedding the model's authors publish ("cls" or "cls+patch_mean").
+    `eva_embedding`: the embedding eva's leaderboard used (eva's backbone registry returns CLS
+    for every pathology model; Virchow2's `include_patch_tokens` defaults to False).
+    `hest_precision`: the autocast dtype HEST's bench embeds this model with
+    (`hest/bench/cpath_model_zoo/inference_models.py`); None = not in HEST's zoo (fp32).
     """
 
     name: str
@@ -62,6 +69,8 @@ class BackboneSpec:
     resize: int | None = None
     interpolation: str = "bicubic"
     embedding: str = "cls"
+    eva_embedding: str = "cls"
+    hest_precision: str | None = None
     checkpoint: str | None = None  # timm:<name>@<file>: local weights
     deterministic_seed: int | None = None  # tiny-vit: fixed-seed init is its "pretrained" state
     notes: str = ""
@@ -87,6 +96,8 @@ def _h_optimus(version: int) -> BackboneSpec:
         mean=HOPTIMUS_MEAN,
         std=HOPTIMUS_STD,
         patch_size=14,
+        # HEST's zoo has H-optimus-0 only (fp16); H-optimus-1 runs in fp32 (no HEST setting).
+        hest_precision="fp16" if version == 0 else None,
         notes=f"H-optimus-{version} (ViT-g/14, 4 registers); own normalisation",
     )
 
@@ -104,6 +115,7 @@ BACKBONES: dict[str, BackboneSpec] = {
             "dynamic_img_size": True,
         },
         patch_size=16,
+        hest_precision="fp16",
         notes="UNI (ViT-L/16); model card: init_values=1e-5, dynamic_img_size=True",
     ),
     "uni2-h": BackboneSpec(
@@ -143,6 +155,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         },
         patch_size=14,
         embedding="cls+patch_mean",
+        hest_precision="fp16",
         notes="Virchow2 (ViT-H/14, 4 registers, SwiGLUPacked + SiLU); embeds as CLS ++ mean(patches)",
     ),
     "h-optimus-0": _h_optimus(0),
@@ -164,6 +177,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         },
         patch_size=16,
         resize=256,
+        hest_precision="fp32",
         notes="Prov-GigaPath tile encoder (ViT-g/16); eval: Resize 256 + CenterCrop 224",
     ),
     "tiny-vit": BackboneSpec(
@@ -234,7 +248,9 @@ def parse_spec(name: str) -> BackboneSpec:
             name=name,
             arch=arch,
             hub_id=None,
-            model_args={"num_classes": 0},
+            # Built at the training crop size (timm's DINOv2 ViTs default to 518): the position
+            # embedding is resampled once at load, and evaluation runs at the size trained on.
+            model_args={"num_classes": 0, "img_size": TRAIN_IMG_SIZE},
             mean=mean,  # type: ignore[arg-type]
             std=std,  # type: ignore[arg-type]
             checkpoint=ckpt or None,
@@ -371,15 +387,25 @@ def build_backbone(name: str, pretrained: bool, tiny: bool = False) -> nn.Module
     return model
 
 
-def architecture_record(name: str, model: nn.Module) -> dict[str, Any]:
-    """What an exported model needs to rebuild `model`'s architecture offline."""
+def architecture_record(name: str, model: nn.Module, trained: bool = False) -> dict[str, Any]:
+    """What an exported model needs to rebuild `model`'s architecture offline.
+
+    The sizes are read from `model` itself (not the spec), so a tiny test build, a changed timm
+    default or an overridden size all rebuild exactly. `trained=True` (an exported MINT model)
+    evaluates on the whole tile it was trained on: GigaPath's Resize 256 + CenterCrop 224 (its
+    authors' and HEST's transform, kept for the base model) is recorded as `base_resize` only.
+    """
     spec = parse_spec(name)
     args = dict(spec.model_args)
-    # Record the realised sizes too, so a timm default change cannot alter the rebuild.
-    args.setdefault("embed_dim", int(model.embed_dim))
-    args.setdefault("depth", len(model.blocks))
-    args.setdefault("img_size", int(model.patch_embed.img_size[0]))
-    args.setdefault("patch_size", int(model.patch_embed.patch_size[0]))
+    args["embed_dim"] = int(model.embed_dim)
+    args["depth"] = len(model.blocks)
+    args["num_heads"] = int(model.blocks[0].attn.num_heads) if len(model.blocks) else 1
+    args["img_size"] = int(model.patch_embed.img_size[0])
+    args["patch_size"] = int(model.patch_embed.patch_size[0])
+    args["reg_tokens"] = int(getattr(model, "num_reg_tokens", 0))
+    args["class_token"] = model.cls_token is not None
+    args["no_embed_class"] = bool(model.no_embed_class)
+    args["global_pool"] = str(model.global_pool)
     return {
         "backbone": name,
         "arch": spec.arch,
@@ -388,9 +414,12 @@ def architecture_record(name: str, model: nn.Module) -> dict[str, Any]:
         "std": list(spec.std),
         "img_size": int(model.patch_embed.img_size[0]),
         "patch_size": int(model.patch_embed.patch_size[0]),
-        "resize": spec.resize,
+        "resize": None if trained else spec.resize,
+        "base_resize": spec.resize,
         "interpolation": spec.interpolation,
         "embedding": spec.embedding,
+        "eva_embedding": spec.eva_embedding,
+        "hest_precision": spec.hest_precision,
     }
 
 

@@ -81,8 +81,10 @@ class Encoder(nn.Module):
         return out
 
     def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Patch tokens of the last block as one map [B, D, h, w] (for segmentation decoders)."""
-        tokens, (h, w) = self.backbone.forward_tokens(x)
+        """Patch tokens of the last block as one map [B, D, h, w] (for segmentation decoders),
+        taken before the final norm, as timm's `features_only` (eva's segmentation encoder)
+        returns them."""
+        tokens, (h, w) = self.backbone.forward_tokens(x, norm=False)
         patches = tokens[:, self.backbone.patch_start :]
         b, n, d = patches.shape
         return [patches.transpose(1, 2).reshape(b, d, h, w)]
@@ -198,6 +200,12 @@ def encoder_from_config(cfg: dict[str, Any]) -> Encoder:
     )
 
 
+def _first_line(exc: BaseException) -> str:
+    """torch/timm messages span many lines; a MintError is one."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return "; ".join(lines[:2])[:300] if lines else ""
+
+
 def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Encoder:
     """Rebuild a trained MINT encoder from `model_dir` (config.json + model.safetensors)."""
     from safetensors.torch import load_file
@@ -207,9 +215,29 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Enc
     weights = model_dir / "model.safetensors"
     if not weights.is_file():
         raise MintError(f"model {model_dir} model.safetensors: not found")
-    enc = encoder_from_config(cfg)
-    sd = load_file(str(weights))
-    missing, unexpected = enc.load_state_dict(sd, strict=False)
+    try:
+        enc = encoder_from_config(cfg)
+    except MintError as exc:
+        raise MintError(f"model {model_dir} config.json: {exc}") from exc
+    except Exception as exc:  # timm refuses the recorded architecture
+        raise MintError(
+            f"model {model_dir} config.json: cannot rebuild {cfg['arch']!r} "
+            f"({exc.__class__.__name__}: {_first_line(exc)})"
+        ) from exc
+    try:
+        sd = load_file(str(weights))
+    except Exception as exc:  # truncated or foreign file
+        raise MintError(
+            f"model {model_dir} model.safetensors: unreadable "
+            f"({exc.__class__.__name__}: {_first_line(exc)})"
+        ) from exc
+    try:
+        missing, unexpected = enc.load_state_dict(sd, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise MintError(
+            f"model {model_dir} model.safetensors: does not match config.json "
+            f"({_first_line(exc)})"
+        ) from exc
     if missing or unexpected:
         raise MintError(
             f"model {model_dir} model.safetensors: does not match config.json "

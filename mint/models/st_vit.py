@@ -56,6 +56,18 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     return t.dtype
 
 
+def _check_plain_vit(vit: nn.Module) -> None:
+    """Subclasses of timm's VisionTransformer with their own token logic or head (distilled
+    ViTs' distillation token, for one) would not be reproduced exactly: refuse them."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    if type(vit) is not VisionTransformer and isinstance(vit, VisionTransformer):
+        raise MintError(
+            f"backbone {type(vit).__name__}: subclasses of timm's VisionTransformer are not "
+            "supported (their forward differs from VisionTransformer's)"
+        )
+
+
 def _blocks_take_mask(vit: nn.Module) -> bool:
     return all("attn_mask" in inspect.signature(b.forward).parameters for b in vit.blocks)
 
@@ -75,6 +87,7 @@ class STTokenViT(nn.Module):
         self.has_st = bool(st_token)
         self.st_isolation = bool(st_isolation) and self.has_st
         self.grad_checkpointing = False
+        _check_plain_vit(vit)
         enable_dynamic_img_size(vit)
         if self.st_isolation and not _blocks_take_mask(vit):
             raise MintError(
@@ -147,8 +160,11 @@ class STTokenViT(nn.Module):
         return mask
 
     # -- forward ---------------------------------------------------------------------------
-    def forward_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """All output tokens [B, N, D] (after the final norm) and the patch grid (h, w)."""
+    def forward_tokens(
+        self, x: torch.Tensor, norm: bool = True
+    ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """All output tokens [B, N, D] and the patch grid (h, w); `norm=False` stops before the
+        final norm (where timm's `features_only` / eva's segmentation encoder reads them)."""
         vit = self.vit
         grid = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
         t = vit.patch_embed(x)
@@ -173,14 +189,31 @@ class STTokenViT(nn.Module):
                 t = blk(t)
             else:
                 t = blk(t, attn_mask=mask)
-        t = vit.norm(t)
+        if norm:
+            t = vit.norm(t)
         return t, grid
+
+    def pooled(self, tokens: torch.Tensor) -> torch.Tensor:
+        """timm's own pooled feature (`forward_head(pre_logits=True)`) of the token sequence
+        without the ST token: the class token for `global_pool` "token" or "" (Virchow2's hub
+        config), else timm's pool (avg / max / attention pool), then `fc_norm` and `head_drop`,
+        so every timm ViT gives the feature its authors defined and no parameter sits unused."""
+        vit = self.vit
+        if self.has_st:
+            s = self.st_index
+            tokens = torch.cat([tokens[:, :s], tokens[:, s + 1 :]], dim=1)
+        if vit.attn_pool is None and vit.global_pool in ("token", ""):
+            x = tokens[:, 0]
+        else:
+            x = vit.pool(tokens)
+        return vit.head_drop(vit.fc_norm(x))
 
     def forward(self, x: torch.Tensor, return_tokens: bool = False) -> dict[str, torch.Tensor]:
         tokens, grid = self.forward_tokens(x)
         patches = tokens[:, self.patch_start :]
         out: dict[str, torch.Tensor] = {"patch_mean": patches.mean(dim=1)}
-        out["cls"] = tokens[:, 0] if self.has_class_token else out["patch_mean"]
+        # `cls`: the model's summary feature, i.e. timm's pooled output (CLS for token pooling).
+        out["cls"] = self.pooled(tokens)
         if self.has_st:
             out["st"] = tokens[:, self.st_index]
         if return_tokens:

@@ -50,7 +50,7 @@ def export_model(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rec = architecture_record(backbone_name, backbone.vit)
+    rec = architecture_record(backbone_name, backbone.vit, trained=True)
     head_mods = list(heads.keys()) if heads is not None else []
     config = {
         "format": MODEL_FORMAT,
@@ -83,7 +83,7 @@ def export_model(
 
 def as_encoder(backbone: STTokenViT, heads: ExpressionHeads | None, backbone_name: str) -> Encoder:
     """Wrap live training modules as an Encoder (shares their parameters)."""
-    rec = architecture_record(backbone_name, backbone.vit)
+    rec = architecture_record(backbone_name, backbone.vit, trained=True)
     return Encoder(
         backbone,
         name=backbone_name,
