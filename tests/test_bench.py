@@ -221,7 +221,10 @@ def test_three_folds_and_hcc_excluded_from_average(tmp_path):
     csv = tmp_path / "summary.csv"
     assert run_cli(["bench-summary", "--inputs", *map(str, results), "--out", str(csv)]) == 0
     df = pd.read_csv(csv)
-    assert list(df.columns) == ["model", "variant", "IDC", "SYNTH_X", "average", "HCC"]
+    assert list(df.columns) == [
+        "model", "variant", "IDC", "SYNTH_X", "average", "HCC", "precision"
+    ]  # fmt: skip
+    assert set(df["precision"]) == {"fp32"}  # the embeddings' precision, from each result JSON
     row = df[df.variant == "cls"].iloc[0]
     per_task = {t: json.loads((tmp_path / "res" / f"{t}.json").read_text()) for t in
                 ["IDC", "SYNTH_X", "HCC"]}  # fmt: skip
@@ -417,6 +420,8 @@ def test_embed_writes_cache_and_reuses_it(tmp_path, monkeypatch):
     }
     assert manifest["embed_dim"] == 8 and manifest["has_st"] is True
     assert manifest["datasets"] == ["cls", "patch_mean", "st"]
+    # precision recorded as resolved (CPU: fp32, no autocast) and as requested
+    assert (manifest["precision"], manifest["precision_requested"]) == ("fp32", "auto")
 
     # The cache holds exactly what the encoder returns, in patch order.
     enc = FakeEncoder()
@@ -453,6 +458,12 @@ def test_embed_writes_cache_and_reuses_it(tmp_path, monkeypatch):
     res = json.loads(res_path.read_text())
     assert set(res["variants"]) == {"cls", "st", "cls+st", "cls+patch_mean"}
     assert res["variants"]["cls"]["folds"][0]["n_components"] == 8  # capped at the embedding dim
+    # each number says which embedding made it: tokens and the forward's precision
+    assert res["variants"]["cls+patch_mean"]["embedding"] == {
+        "tokens": ["cls", "patch_mean"],
+        "precision": "fp32",
+    }
+    assert res["settings"]["embeddings"]["precision_source"] == "cpu: no autocast"
 
     # Patches rewritten after embedding: the probe refuses the stale cache, embed redoes S2 only.
     import os
@@ -487,6 +498,29 @@ def test_embed_model_change_invalidates_cache(tmp_path, monkeypatch):
     (model_dir / "config.json").write_text('{"a": 2}')  # retrained model, same folder
     assert run_cli(args) == 0
     assert len(built) == 2
+
+
+def test_precision_per_backbone_as_hests_bench(tmp_path):
+    """HEST's bench (hest/bench/cpath_model_zoo/inference_models.py) embeds UNI, Virchow2 and
+    H-optimus-0 under fp16 autocast and GigaPath in fp32; a MINT model inherits its base
+    backbone's; models outside HEST's zoo run fp32; --precision forces one; CPU is fp32."""
+    import torch
+
+    from mint.bench.embed import _autocast_dtype, resolve_precision
+
+    expected = {"uni": "fp16", "virchow2": "fp16", "h-optimus-0": "fp16", "gigapath": "fp32",
+                "uni2-h": "fp32", "h-optimus-1": "fp32", "tiny-vit": "fp32",
+                "timm:vit_small_patch14_dinov2": "fp32"}  # fmt: skip
+    for spec, prec in expected.items():
+        assert resolve_precision("auto", spec, "cuda")[0] == prec, spec
+        assert resolve_precision("auto", spec, "cpu")[0] == "fp32"
+    model_dir = tmp_path / "mint_uni"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text(json.dumps({"backbone": "uni"}))
+    assert resolve_precision("auto", str(model_dir), "cuda:0")[0] == "fp16"
+    assert resolve_precision("bf16", "gigapath", "cuda") == ("bf16", "forced by --precision")
+    assert _autocast_dtype("cuda", "fp16") == torch.float16
+    assert _autocast_dtype("cuda", "fp32") is None and _autocast_dtype("cpu", "fp16") is None
 
 
 def test_leaderboard_loads():

@@ -11,7 +11,8 @@ Cache layout (`--out-dir`)::
     {sample}.h5     cls (N,D) f4, patch_mean (N,D) f4, st (N,D) f4 if the model has an ST token,
                     barcodes (N,1) bytes, coords (N,2); attrs: sample_id, task, model, fingerprint
     manifest.json   {"version", "model", "task", "fingerprint", "embed_dim", "has_st",
-                     "datasets", "precision", "samples": {id: {"file", "n"}}}
+                     "datasets", "precision" (resolved), "precision_requested",
+                     "precision_source", "samples": {id: {"file", "n"}}}
 
 All outputs come from the model's own forward (`cls`, `patch_mean`, `st`), in float32; the
 variants the probe reports (`cls+st`, `cls+patch_mean`) are concatenations made at probe time.
@@ -48,7 +49,7 @@ class EmbedConfig:
     batch_size: int = 128  # HEST embeds in chunks of 128
     num_workers: int = 4
     device: str = "auto"
-    precision: str = "auto"  # auto = bf16 on CUDA, fp32 on CPU
+    precision: str = "auto"  # auto = the backbone's HEST-Bench precision (see resolve_precision)
     overwrite: bool = False
 
 
@@ -68,7 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--precision",
         choices=["auto", "bf16", "fp16", "fp32"],
         default="auto",
-        help="autocast dtype on CUDA (auto = bf16); CPU always runs fp32",
+        help="autocast dtype on CUDA; auto = as HEST's bench embeds the backbone (UNI, Virchow2, "
+        "H-optimus-0: fp16; GigaPath and models outside HEST's zoo: fp32; a MINT model: its "
+        "base backbone's); CPU always runs fp32",
     )
     parser.add_argument("--overwrite", action="store_true", help="ignore cached samples")
 
@@ -83,12 +86,50 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def backbone_precision(spec: str) -> tuple[str, str]:
+    """(precision, source): the autocast dtype HEST's bench uses for this model.
+
+    HEST sets one precision per model in `hest/bench/cpath_model_zoo/inference_models.py`
+    (`torch.cuda.amp.autocast(dtype=encoder.precision)`); the registry records it as
+    `hest_precision`. A MINT model folder uses its base backbone's; a model outside HEST's zoo
+    runs in fp32 (no autocast).
+    """
+    from mint.models.backbones import parse_spec
+
+    base = spec
+    path = Path(spec)
+    if path.is_dir():
+        cfg_path = path / "config.json"
+        try:
+            base = json.loads(cfg_path.read_text()).get("backbone", "")
+        except (OSError, json.JSONDecodeError):
+            base = ""
+    try:
+        hest = parse_spec(base).hest_precision if base else None
+    except MintError:
+        hest = None
+    if hest is None:
+        return "fp32", f"{base or spec}: not in HEST's model zoo, full precision"
+    return hest, f"{base}: HEST-Bench inference_models.py precision"
+
+
+def resolve_precision(requested: str, spec: str, device: str) -> tuple[str, str]:
+    """The precision the embeddings are computed in, and why. Autocast exists only on CUDA (as
+    in HEST, whose `torch.cuda.amp.autocast` is a no-op on CPU): a CPU run is always fp32."""
+    if not device.startswith("cuda"):
+        return "fp32", "cpu: no autocast"
+    if requested != "auto":
+        return requested, "forced by --precision"
+    return backbone_precision(spec)
+
+
 def _autocast_dtype(device: str, precision: str):
+    """torch dtype for autocast, or None (fp32, or not on CUDA). `precision` is resolved."""
     import torch
 
     if not device.startswith("cuda") or precision == "fp32":
         return None
-    return {"auto": torch.bfloat16, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def model_fingerprint(spec: str, precision: str) -> str:
@@ -201,7 +242,7 @@ def embed_sample(
         persistent_workers=False,
         prefetch_factor=4 if cfg.num_workers > 0 else None,
     )
-    amp = _autocast_dtype(device, cfg.precision)
+    amp = _autocast_dtype(device, resolve_precision(cfg.precision, model_spec, device)[0])
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
         out = {k: f.create_dataset(k, shape=(n, dim), dtype="f4") for k in keys}
         f.create_dataset(
@@ -262,7 +303,8 @@ def embed_task(
     """Embed every sample of a task that is not already cached; write the manifest last."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    fingerprint = model_fingerprint(model_spec, cfg.precision)
+    precision, precision_source = resolve_precision(cfg.precision, model_spec, device)
+    fingerprint = model_fingerprint(model_spec, precision)
     samples: dict[str, dict] = {}
     todo = []
     for s in data.samples:
@@ -301,7 +343,9 @@ def embed_task(
         "embed_dim": embed_dim,
         "has_st": has_st,
         "datasets": ["cls", "patch_mean"] + (["st"] if has_st else []),
-        "precision": cfg.precision,
+        "precision": precision,  # resolved: what the forward ran in
+        "precision_requested": cfg.precision,
+        "precision_source": precision_source,
         "device": device,
         "config": asdict(cfg),
         "samples": {sid: samples[sid] for sid in sorted(samples)},

@@ -286,6 +286,8 @@ def probe_task(
         results[v] = {
             "mean": _nan_to_none(float(np.mean(means))),
             "departures": departures,
+            # which embedding made this number: the tokens concatenated, the forward's precision
+            "embedding": {"tokens": list(parts), "precision": manifest.get("precision")},
             "std": _nan_to_none(float(np.std(means))),
             "fold_means": [_nan_to_none(x) for x in means],
             "dim": int(next(iter(feats.values())).shape[1]),
@@ -335,6 +337,8 @@ def _settings(cfg: ProbeConfig, n_genes: int, manifest: dict, emb_dir: Path) -> 
             "model": manifest.get("model"),
             "fingerprint": manifest.get("fingerprint"),
             "precision": manifest.get("precision"),
+            "precision_requested": manifest.get("precision_requested"),
+            "precision_source": manifest.get("precision_source"),
             "embed_dim": manifest.get("embed_dim"),
             "has_st": manifest.get("has_st"),
         },

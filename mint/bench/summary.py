@@ -2,7 +2,8 @@
 
 summary.csv has one row per (model, variant): the task means in HEST's task order (other
 tasks, such as the synthetic ones, after them alphabetically), `average` over the task columns
-other than HCC (HEST's headline leaves HCC out), then `HCC` when present. A row that lacks one
+other than HCC (HEST's headline leaves HCC out), then `HCC` when present, then `precision` (the
+precision the embeddings were computed in; the variant names the tokens). A row that lacks one
 of the averaged tasks gets an empty average rather than a mean over fewer tasks, which would
 not be comparable with the other rows.
 """
@@ -55,10 +56,14 @@ def collect(paths: list[str | Path]) -> pd.DataFrame:
                     "mean": math.nan if v.get("mean") is None else float(v["mean"]),
                     "std": math.nan if v.get("std") is None else float(v["std"]),
                     "n_folds": len(v.get("folds", [])),
+                    "precision": (v.get("embedding") or {}).get("precision")
+                    or ((res.get("settings") or {}).get("embeddings") or {}).get("precision"),
                     "path": str(p),
                 }
             )
-    df = pd.DataFrame(rows, columns=["model", "task", "variant", "mean", "std", "n_folds", "path"])
+    df = pd.DataFrame(
+        rows, columns=["model", "task", "variant", "mean", "std", "n_folds", "precision", "path"]
+    )
     dup = df.duplicated(["model", "task", "variant"], keep=False)
     if dup.any():
         first = df[dup].iloc[0]
@@ -91,6 +96,12 @@ def summarize(long: pd.DataFrame) -> pd.DataFrame:
     incomplete = out[cols].isna().any(axis=1)
     for model, variant in out.index[incomplete]:
         log.warning("%s %s: missing tasks, no average", model, variant)
+    # The precision the embeddings were computed in (one value per row unless tasks differ).
+    if "precision" in long.columns:
+        prec = long.groupby(["model", "variant"])["precision"].agg(
+            lambda x: "/".join(sorted({str(v) for v in x if v is not None and v == v})) or None
+        )
+        out["precision"] = prec.reindex(out.index)
     out = out.reset_index()
     out.columns.name = None
     variant_rank = {"cls": 0, "st": 1, "cls+st": 2, "cls+patch_mean": 3}

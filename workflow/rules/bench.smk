@@ -25,7 +25,10 @@ rule embed:
     params:
         bench=folder_of("task"),
         spec=model_spec,
-        opts=f"--batch-size {BENCH_CFG['batch_size']} --num-workers {BENCH_CFG['num_workers']}",
+        opts=(
+            f"--batch-size {BENCH_CFG['batch_size']} --num-workers {BENCH_CFG['num_workers']} "
+            f"--precision {BENCH_CFG['precision']}"
+        ),
     shell:
         "mint embed --model {params.spec} --bench-dir {params.bench} --task {wildcards.task} "
         "--out-dir {output} {params.opts} 2> {log}"
