@@ -402,10 +402,35 @@ def test_make_synthetic_and_dataset(tmp_path):
         ds.setup()
 
 
-def test_auto_embedding_follows_the_published_choice():
-    """eva's leaderboard embeds Virchow2 as CLS + patch mean and the others as CLS."""
-    from mint.eva.cli import published_embedding
+def test_auto_embedding_is_how_evas_leaderboard_ran_the_backbone(mint_model_dir):
+    """`auto` = eva's leaderboard: its backbone registry returns CLS for every pathology model
+    (Virchow2's `include_patch_tokens` defaults to False; the replication guide uses 1280
+    features). `authors` = the model card (Virchow2: CLS ++ patch mean)."""
+    from mint.eva.cli import resolve_embedding
 
-    assert published_embedding("virchow2") == "cls+patch_mean"
-    assert published_embedding("uni") == "cls"
-    assert published_embedding("tiny-vit") == "cls"
+    assert resolve_embedding("virchow2", "auto") == "cls"
+    assert resolve_embedding("virchow2", "authors") == "cls+patch_mean"
+    for name in ("uni", "uni2-h", "h-optimus-0", "h-optimus-1", "gigapath", "tiny-vit"):
+        assert resolve_embedding(name, "auto") == "cls"
+        assert resolve_embedding(name, "authors") == "cls"
+    assert resolve_embedding("virchow2", "cls+st") == "cls+st"
+    # a MINT model: EVA reads its CLS token by default
+    assert resolve_embedding(str(mint_model_dir), "auto") == "cls"
+    assert resolve_embedding(str(mint_model_dir), "authors") == "cls"
+
+
+def test_segmentation_maps_are_taken_before_the_final_norm():
+    """eva's timm encoder (`features_only`, out_indices 1) returns the last block's patch tokens
+    before the final norm, registers dropped, as NCHW."""
+    import copy
+
+    from mint.eva.backbone import MintBackbone
+
+    seg = MintBackbone("tiny-vit", segmentation=True)
+    vit = copy.deepcopy(seg.encoder.backbone.vit)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        got = seg(x)
+        ref = vit.forward_intermediates(x, indices=1, norm=False, intermediates_only=True)
+    assert len(got) == 1 and got[0].shape == ref[0].shape == (2, 64, 14, 14)
+    torch.testing.assert_close(got[0], ref[0], rtol=0, atol=1e-5)

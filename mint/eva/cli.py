@@ -44,10 +44,10 @@ def _add_model_args(p: argparse.ArgumentParser, stage_choice: bool = False) -> N
     p.add_argument(
         "--embedding",
         default="auto",
-        choices=["auto", "cls", "cls+st", "st", "cls+patch_mean"],
-        help="tokens that form the embedding (classification tasks); auto = what the "
-        "backbone's authors publish and eva's leaderboard uses (Virchow2: cls+patch_mean, "
-        "others: cls)",
+        choices=list(EMBEDDING_CHOICES),
+        help="tokens that form the embedding (classification tasks); auto = as eva's "
+        "leaderboard ran the backbone (CLS, Virchow2 included; MINT models: CLS), authors = the "
+        "model card's recommendation (Virchow2: cls+patch_mean)",
     )
     p.add_argument("--accelerator", default="auto", help="lightning accelerator: auto, gpu, cpu")
     p.add_argument("--devices", type=int, default=1)
@@ -142,20 +142,30 @@ def _overrides(args) -> dict:
     return ov
 
 
-def published_embedding(model: str) -> str:
-    """The embedding a backbone's authors publish, which eva's leaderboard reports.
+EMBEDDING_CHOICES = ("auto", "authors", "cls", "cls+st", "st", "cls+patch_mean")
 
-    Virchow2 is embedded as CLS concatenated with the mean of its patch tokens, the others as
-    CLS. A MINT model folder records its base backbone's choice in config.json.
+
+def resolve_embedding(model: str, choice: str) -> str:
+    """The tokens that form a classification embedding.
+
+    `auto`: as eva's leaderboard ran the backbone (eva's backbone registry: CLS for every
+    pathology model, Virchow2 included, whose `include_patch_tokens` defaults to False; eva's
+    replication guide uses 1280 features). A MINT model folder uses CLS as well.
+    `authors`: the model card's recommendation (Virchow2: CLS ++ mean of patch tokens); a MINT
+    folder answers with its base backbone's choice recorded in config.json.
+    Anything else is taken as given.
     """
+    if choice not in ("auto", "authors"):
+        return choice
+    key = "eva_embedding" if choice == "auto" else "embedding"
     path = Path(model)
     if path.is_dir():
         from mint.models.encoder import read_model_config
 
-        return str(read_model_config(path).get("embedding", "cls"))
+        return str(read_model_config(path).get(key, "cls"))
     from mint.models.backbones import parse_spec
 
-    return parse_spec(model).embedding
+    return getattr(parse_spec(model), key)
 
 
 def _render_options(args, stage: str, output_root: str, embeddings_root: str | None):
@@ -171,7 +181,7 @@ def _render_options(args, stage: str, output_root: str, embeddings_root: str | N
         data_root=args.data_root,
         data_dir=args.data_dir,
         download=args.download,
-        output=published_embedding(args.model) if args.embedding == "auto" else args.embedding,
+        output=resolve_embedding(args.model, args.embedding),
         accelerator=args.accelerator,
         devices=args.devices,
         num_workers=args.num_workers,

@@ -352,8 +352,12 @@ def render_config(opts: RenderOptions, info: ModelInfo | None = None) -> dict:
     def patience() -> int:
         if protocol.get("patience"):
             return int(protocol["patience"])
+        steps = protocol["max_steps"]
         return early_stopping_patience(
-            n_train, int(protocol["batch_size"]), int(protocol["max_steps"]), protocol["max_epochs"]
+            n_train,
+            int(protocol["batch_size"]),
+            None if steps is None else int(steps),
+            protocol["max_epochs"],
         )
 
     def absolute(p: str | None) -> str:
@@ -372,7 +376,7 @@ def render_config(opts: RenderOptions, info: ModelInfo | None = None) -> dict:
         "output_root": lambda: absolute(opts.output_root),
         "work_dir": lambda: absolute(opts.output_root),
         "n_runs": lambda: int(protocol["n_runs"]),
-        "max_steps": lambda: int(protocol["max_steps"]),
+        "max_steps": lambda: _OMIT if protocol["max_steps"] is None else int(protocol["max_steps"]),
         "max_epochs": lambda: _OMIT if protocol["max_epochs"] is None else protocol["max_epochs"],
         "batch_size": lambda: int(protocol["batch_size"]),
         "predict_batch_size": lambda: int(protocol["predict_batch_size"]),

@@ -196,6 +196,7 @@ def fit(
         write_json(out_dir / STATUS, status)
         return status
 
+    provenance = _provenance(opts, task)
     run_root.mkdir(parents=True, exist_ok=True)
     before = set(_session_results(run_root))
     config = run_root / "mint_fit.yaml"
@@ -204,7 +205,28 @@ def fit(
     new = [p for p in _session_results(run_root) if p not in before]
     if not new:
         raise MintError(f"eva task {task.name} {run_root}: eva fit finished without a results.json")
-    return collect(task.name, opts.model_name, run_root, out_dir, candidates=new)
+    return collect(
+        task.name, opts.model_name, run_root, out_dir, candidates=new, provenance=provenance
+    )
+
+
+def _provenance(opts: RenderOptions, task: TaskSpec) -> dict:
+    """Which embedding, token and precision produced the number (recorded in status.json).
+
+    Offline tasks: the embedding the predict step wrote (its status.json), else the one asked
+    for. Segmentation: patch tokens of the last block, before the final norm (eva's timm
+    encoder). Precision: eva's trainer precision (lightning's default, 32-bit, unless the
+    `precision` override sets one); eva's leaderboard runs use the default.
+    """
+    precision = str(opts.overrides.get("precision") or "32-true (eva default)")
+    if task.offline:
+        emb_status = read_status(Path(opts.embeddings_root or ".") / STATUS) or {}
+        embedding = emb_status.get("embedding") or opts.output
+        tokens = embedding.split("+")
+    else:
+        embedding = "feature_maps"
+        tokens = ["patch tokens, last block, before the final norm"]
+    return {"embedding": embedding, "tokens": tokens, "precision": precision}
 
 
 def headline(task: TaskSpec, results: dict, source: str = RESULTS) -> dict:
@@ -245,8 +267,10 @@ def collect(
     run_root: str | os.PathLike,
     out_dir: str | os.PathLike,
     candidates: list[Path] | None = None,
+    provenance: dict | None = None,
 ) -> dict:
-    """Copy eva's newest results.json from `run_root` to `out_dir` and write status.json."""
+    """Copy eva's newest results.json from `run_root` to `out_dir` and write status.json
+    (with `provenance`: embedding, tokens, precision, when the caller knows them)."""
     task = get_task(task_name)
     run_root = Path(run_root)
     out_dir = Path(out_dir)
@@ -271,6 +295,7 @@ def collect(
         results=RESULTS,
         source=str(source),
         **score,
+        **(provenance or {}),
     )
     write_json(out_dir / STATUS, status)
     log.info(

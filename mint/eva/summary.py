@@ -25,7 +25,10 @@ from mint.io import atomic_path
 
 log = logging.getLogger(__name__)
 
-LONG_COLUMNS = ["model", "task", "status", "split", "metric", "mean", "stdev", "n_runs", "message"]
+LONG_COLUMNS = [
+    "model", "task", "status", "split", "metric", "mean", "stdev", "n_runs", "message",
+    "embedding", "precision",
+]  # fmt: skip
 
 
 def _record_from(path: Path) -> dict:
@@ -107,8 +110,16 @@ def summary_table(long: pd.DataFrame) -> pd.DataFrame:
         if used and all(t in LEADERBOARD_TASKS for t in used) and len(used) < n_core:
             notes.append(f"average over {len(used)} of {n_core} tasks")
         row["note"] = "; ".join(notes)
+        # Which embedding and precision produced the numbers (classification tasks' embedding;
+        # segmentation always reads the last block's patch tokens).
+        for key in ("embedding", "precision"):
+            vals = sorted({str(v) for v in ok.get(key, pd.Series(dtype=object)) if v == v and v})
+            vals = [v for v in vals if v != "feature_maps"] if key == "embedding" else vals
+            row[key] = "/".join(vals)
         rows.append(row)
-    return pd.DataFrame(rows, columns=["model", *tasks, "average", "n_tasks", "note"])
+    return pd.DataFrame(
+        rows, columns=["model", *tasks, "average", "n_tasks", "embedding", "precision", "note"]
+    )
 
 
 def write_summary(

@@ -6,9 +6,11 @@ it is there (so a missing dataset is reported by name instead of failing deep in
 metric and split give the headline number, and the protocol defaults (runs, steps, batch size, lr).
 The numbers follow kaiko-eva's leaderboard protocol (docs/leaderboards.md, eva 0.4.x): frozen
 backbone; linear head, AdamW 3e-4, batch 256, 12,500 steps, 5 runs for patch tasks; ABMIL, AdamW
-1e-3, batch 32, at most 100 epochs, 20 runs for slide tasks; ConvDecoderWithImage with Dice loss,
-AdamW 2e-3, batch 64, 2,000 steps, 5 runs for segmentation (online). Early stopping patience is
-20% of the resulting number of epochs.
+1e-3, batch 32, 100 epochs (no step limit, no lr schedule), 20 runs for slide tasks;
+ConvDecoderWithImage with Dice loss, AdamW 2e-3, batch 64, 2,000 steps, 5 runs for segmentation
+(online). Early-stopping patience is the value written in each eva config (`patience`); only a
+task without an eva config (the synthetic demo) derives it, as 20% of its epochs (the rule eva's
+patch-task values follow).
 """
 
 from __future__ import annotations
@@ -54,10 +56,11 @@ class TaskSpec:
     headline_split: Literal["val", "test"]
     n_train: int  # training samples (patches, slides or segmentation crops): sets patience
     n_runs: int
-    max_steps: int
+    max_steps: int | None  # None: eva's config sets no step limit (slide tasks run max_epochs)
     batch_size: int
     lr: float
-    max_epochs: int | None = None  # slide tasks: upper cap on epochs
+    max_epochs: int | None = None  # slide tasks: number of epochs
+    patience: int | None = None  # eva config's EarlyStopping patience (None: 20% of the epochs)
     n_patches: int | None = None  # slide tasks: patches per slide
     predict_batch_size: int = 64
     disk_gb: float = 0.0  # approximate size on disk of the dataset (README / messages)
@@ -82,23 +85,26 @@ class TaskSpec:
             "predict_batch_size": self.predict_batch_size,
             "lr": self.lr,
             "n_patches": self.n_patches,
-            "patience": None,  # None = 20% of the epochs the run will take
+            "patience": self.patience,  # None = 20% of the epochs the run will take
         }
 
 
 def early_stopping_patience(
-    n_train: int, batch_size: int, max_steps: int, max_epochs: int | None
+    n_train: int, batch_size: int, max_steps: int | None, max_epochs: int | None
 ) -> int:
-    """eva's rule: patience = 20% of the maximum number of epochs (validation runs each epoch)."""
+    """20% of the maximum number of epochs (validation runs each epoch): the rule behind eva's
+    patch-task patience values, used only for tasks without an eva config (synthetic)."""
     steps_per_epoch = max(1, math.ceil(n_train / max(1, batch_size)))
-    epochs = math.ceil(max_steps / steps_per_epoch)
+    epochs = math.ceil(max_steps / steps_per_epoch) if max_steps is not None else None
     if max_epochs is not None:
-        epochs = min(epochs, max_epochs)
+        epochs = max_epochs if epochs is None else min(epochs, max_epochs)
+    if epochs is None:
+        raise MintError("early stopping: neither max_steps nor max_epochs is set")
     return max(1, math.ceil(0.2 * epochs))
 
 
 _PATCH = dict(kind="patch", n_runs=5, max_steps=12_500, batch_size=256, lr=3e-4)
-_SLIDE = dict(kind="slide", n_runs=20, max_steps=12_500, max_epochs=100, batch_size=32, lr=1e-3)
+_SLIDE = dict(kind="slide", n_runs=20, max_steps=None, max_epochs=100, batch_size=32, lr=1e-3)
 _SEG = dict(kind="segmentation", n_runs=5, max_steps=2_000, batch_size=64, lr=2e-3)
 
 TASKS: dict[str, TaskSpec] = {
@@ -117,6 +123,7 @@ TASKS: dict[str, TaskSpec] = {
         n_train=268,
         disk_gb=10.4,
         note="not in the headline average (large 2048 x 1536 images)",
+        patience=1250,  # eva configs/vision/pathology/offline/classification/bach.yaml
         **_PATCH,
     ),
     "breakhis": TaskSpec(
@@ -133,6 +140,7 @@ TASKS: dict[str, TaskSpec] = {
         headline_split="val",
         n_train=1132,
         disk_gb=4.0,
+        patience=500,  # eva configs/vision/pathology/offline/classification/breakhis.yaml
         **_PATCH,
     ),
     "crc": TaskSpec(
@@ -149,6 +157,7 @@ TASKS: dict[str, TaskSpec] = {
         headline_split="val",
         n_train=100_000,
         disk_gb=12.5,
+        patience=7,  # eva configs/vision/pathology/offline/classification/crc.yaml
         **_PATCH,
     ),
     "gleason_arvaniti": TaskSpec(
@@ -167,6 +176,7 @@ TASKS: dict[str, TaskSpec] = {
         headline_split="val",
         n_train=15_303,
         disk_gb=4.0,
+        patience=42,  # eva configs/vision/pathology/offline/classification/gleason_arvaniti.yaml
         **_PATCH,
     ),
     "mhist": TaskSpec(
@@ -184,6 +194,7 @@ TASKS: dict[str, TaskSpec] = {
         n_train=2175,
         disk_gb=0.4,
         note="eva's val split is MHIST's official test split",
+        patience=278,  # eva configs/vision/pathology/offline/classification/mhist.yaml
         **_PATCH,
     ),
     "patch_camelyon": TaskSpec(
@@ -207,6 +218,7 @@ TASKS: dict[str, TaskSpec] = {
         headline_split="test",
         n_train=262_144,
         disk_gb=7.7,
+        patience=3,  # eva configs/vision/pathology/offline/classification/patch_camelyon.yaml
         **_PATCH,
     ),
     "camelyon16_small": TaskSpec(
@@ -225,6 +237,7 @@ TASKS: dict[str, TaskSpec] = {
         n_train=216,
         n_patches=1000,
         disk_gb=700.0,
+        patience=20,  # eva configs/vision/pathology/offline/classification/camelyon16_small.yaml
         **_SLIDE,
     ),
     "panda_small": TaskSpec(
@@ -244,6 +257,7 @@ TASKS: dict[str, TaskSpec] = {
         n_train=1909 * 10 // 20,  # PANDASmall: 10% of the non-noisy slides for training
         n_patches=200,
         disk_gb=410.0,
+        patience=20,  # eva configs/vision/pathology/offline/classification/panda_small.yaml
         **_SLIDE,
     ),
     "consep": TaskSpec(
@@ -261,6 +275,7 @@ TASKS: dict[str, TaskSpec] = {
         headline_split="val",
         n_train=27 * 16,  # 27 images, 16 crops of 250 px each
         disk_gb=0.8,
+        patience=200,  # eva configs/vision/pathology/online/segmentation/consep.yaml
         **_SEG,
     ),
     "monusac": TaskSpec(
@@ -278,6 +293,7 @@ TASKS: dict[str, TaskSpec] = {
         n_train=209,
         disk_gb=1.0,
         note="eva's val split is MoNuSAC's official test split",
+        patience=100,  # eva configs/vision/pathology/online/segmentation/monusac.yaml
         **_SEG,
     ),
     "synthetic": TaskSpec(

@@ -235,8 +235,7 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Enc
         missing, unexpected = enc.load_state_dict(sd, strict=False)
     except RuntimeError as exc:  # shape mismatches
         raise MintError(
-            f"model {model_dir} model.safetensors: does not match config.json "
-            f"({_first_line(exc)})"
+            f"model {model_dir} model.safetensors: does not match config.json ({_first_line(exc)})"
         ) from exc
     if missing or unexpected:
         raise MintError(

@@ -126,7 +126,7 @@ def bench_section(summary_csv: str, base: str, runs: list[str]) -> tuple[Section
     if df.empty:
         sec.blocks.append("<p>No HEST-Bench results.</p>")
         return sec, []
-    meta_cols = {"model", "variant", "average", "HCC"}
+    meta_cols = {"model", "variant", "average", "HCC", "precision"}
     tasks = [c for c in df.columns if c not in meta_cols]
     df = df.copy()
     df["role"] = [_role(m, base, runs) for m in df["model"]]
@@ -142,6 +142,7 @@ def bench_section(summary_csv: str, base: str, runs: list[str]) -> tuple[Section
         "<b>average</b> excludes HCC. Rows: our models and embedding variants.</p>"
     )
     show_cols = ["model", "role", "variant", *tasks, "average"] + (["HCC"] if "HCC" in df else [])
+    show_cols += ["precision"] if "precision" in df else []  # variant = tokens; precision: forward
     sec.blocks.append(_table(df[show_cols], "Our models"))
 
     # Base vs MINT delta per task, for every variant both have.
@@ -205,7 +206,8 @@ def eva_section(summary_csv: str, base: str, runs: list[str]) -> tuple[Section, 
         return sec, []
     df = df.copy()
     df.insert(1, "role", [_role(m, base, runs) for m in df["model"]])
-    tasks = [c for c in df.columns if c not in {"model", "role", "average", "n_tasks", "note"}]
+    meta = {"model", "role", "average", "n_tasks", "note", "embedding", "precision"}
+    tasks = [c for c in df.columns if c not in meta]  # embedding/precision: tokens, forward dtype
     sec.blocks.append(
         "<p>Scores from eva's own <code>results.json</code> (test split where the task has one, "
         "else validation), as kaiko's leaderboard reports them; <b>average</b> is the mean of the "
