@@ -9,7 +9,9 @@ Outputs:
 - classification (offline embeddings writer): `[B, D]`, the CLS token by default; `cls+st`
   concatenates CLS and the MINT ST token (`[B, 2D]`); `st` and `cls+patch_mean` also exist.
 - segmentation (online): a list of NCHW feature maps, the last `n_feature_maps` of
-  `Encoder.feature_maps` (1 = the last block, as eva's `out_indices: 1`).
+  `Encoder.feature_maps` (1 = the last block, as eva's `out_indices: 1`): patch tokens before the
+  final norm, registers and the ST token dropped, which is what eva's timm encoder
+  (`features_only`) returns for the same model.
 """
 
 from __future__ import annotations
