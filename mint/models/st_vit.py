@@ -203,7 +203,9 @@ class STTokenViT(nn.Module):
             s = self.st_index
             tokens = torch.cat([tokens[:, :s], tokens[:, s + 1 :]], dim=1)
         if vit.attn_pool is None and vit.global_pool in ("token", ""):
-            x = tokens[:, 0]
+            # "" has no pooled feature in timm: CLS, or the patch mean without a class token
+            p = self.num_prefix_tokens
+            x = tokens[:, 0] if self.has_class_token else tokens[:, p:].mean(dim=1)
         else:
             x = vit.pool(tokens)
         return vit.head_drop(vit.fc_norm(x))
