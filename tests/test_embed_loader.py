@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from mint.bench.data import BenchSample
-from mint.bench.embed import FLUSH_BATCHES, EmbedConfig, _OnDevice, embed_sample
+from mint.bench.embed import FLUSH_BATCHES, EmbedConfig, _BatchNormalise, embed_sample
 from mint.models.encoder import build_encoder
 
 
@@ -28,16 +28,16 @@ def _patches(path, n: int, size: int) -> np.ndarray:
     return imgs
 
 
-@pytest.mark.parametrize("size", [224, 160])
-def test_embed_sample_equals_per_image_transform(tmp_path, size):
+@pytest.mark.parametrize(("size", "workers"), [(224, 0), (224, 1), (160, 0)])
+def test_embed_sample_equals_per_image_transform(tmp_path, size, workers):
     torch.manual_seed(0)
     enc = build_encoder("tiny-vit", pretrained=False).eval()
     n, batch = 2 * FLUSH_BATCHES + 3, 2  # several flushes and a short last batch
     imgs = _patches(tmp_path / "p.h5", n, size)
-    on_device = _OnDevice.make(enc.transform(), imgs.shape, "cpu")
-    assert (on_device is not None) == (size == enc.img_size)
+    fast = _BatchNormalise.make(enc.transform(), imgs.shape, "cpu")
+    assert (fast is not None) == (size == enc.img_size)
     sample = BenchSample("S1", tmp_path / "p.h5", tmp_path / "e.h5ad")
-    cfg = EmbedConfig(batch_size=batch, num_workers=0, device="cpu")
+    cfg = EmbedConfig(batch_size=batch, num_workers=workers, device="cpu")
     embed_sample(enc, sample, "T", tmp_path / "out.h5", "fp", "tiny-vit", cfg, "cpu")
     tf = enc.transform()
     with torch.inference_mode():

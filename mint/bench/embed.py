@@ -146,13 +146,23 @@ class _PatchChunks:
     """Map-style dataset whose items are whole batches: contiguous h5 slices read in a worker.
 
     Reading a slice is one h5 call instead of batch_size calls; each worker process opens the
-    file itself (h5py handles must not cross a fork). With `transform` None the batch stays
-    uint8 (B, H, W, 3): a quarter of the bytes through worker pipes, pinned memory and the
-    host-to-device copy, and normalised on the device in one batched op (:class:`_OnDevice`).
+    file itself (h5py handles must not cross a fork). Items are, by what is given:
+    `batch_transform` -> that applied to the uint8 (B, H, W, 3) batch in one vectorised op;
+    `transform` -> the per-image transform, stacked; neither -> the uint8 batch itself (a
+    quarter of the bytes through worker pipes, pinned memory and the host-to-device copy; the
+    device normalises it).
     """
 
-    def __init__(self, path: Path, n: int, chunk: int, transform: Callable | None):
-        self.path, self.n, self.chunk, self.transform = path, n, chunk, transform
+    def __init__(
+        self,
+        path: Path,
+        n: int,
+        chunk: int,
+        transform: Callable | None,
+        batch_transform: Callable | None = None,
+    ):
+        self.path, self.n, self.chunk = path, n, chunk
+        self.transform, self.batch_transform = transform, batch_transform
         self._f = None
 
     def __len__(self) -> int:
@@ -166,6 +176,8 @@ class _PatchChunks:
             self._f = h5py.File(self.path, "r")
         lo, hi = i * self.chunk, min((i + 1) * self.chunk, self.n)
         imgs = self._f["img"][lo:hi]
+        if self.batch_transform is not None:
+            return lo, self.batch_transform(torch.from_numpy(np.ascontiguousarray(imgs)))
         if self.transform is None:
             return lo, torch.from_numpy(np.ascontiguousarray(imgs))
         return lo, torch.stack([self.transform(np.ascontiguousarray(im)) for im in imgs])
@@ -176,25 +188,22 @@ class _PatchChunks:
         return state
 
 
-class _OnDevice:
-    """The encoder's eval transform for uint8 (B, H, W, 3) batches, run on the device.
+class _BatchNormalise:
+    """The encoder's eval transform for a uint8 (B, H, W, 3) batch, as one vectorised op.
 
     Same arithmetic as :class:`mint.models.encoder.EvalTransform` (x / 255, minus mean, over
-    std, float32) for patches already at the model's input size; None when the transform
-    would resize (then the workers apply it per image).
+    std, float32) for patches already at the model's input size. Picklable: on CPU it runs in
+    the loader workers, on CUDA on the device after the uint8 copy.
     """
 
     def __init__(self, transform, device: str):
-        import torch
-
         self.mean = transform.mean.view(1, 3, 1, 1).to(device)
         self.std = transform.std.view(1, 3, 1, 1).to(device)
-        self.size = transform.img_size
-        self.device, self.non_blocking = device, device.startswith("cuda")
-        self.torch = torch
+        self.device = device
 
     @classmethod
-    def make(cls, transform, patch_shape: tuple, device: str) -> _OnDevice | None:
+    def make(cls, transform, patch_shape: tuple, device: str) -> _BatchNormalise | None:
+        """None when the per-image transform would resize (it then runs in the workers)."""
         from mint.models.encoder import EvalTransform
 
         if not isinstance(transform, EvalTransform) or transform.resize is not None:
@@ -204,9 +213,11 @@ class _OnDevice:
         return cls(transform, device)
 
     def __call__(self, x):
-        if x.dtype != self.torch.uint8:
+        import torch
+
+        if x.dtype != torch.uint8:
             raise MintError(f"embed: expected uint8 patches, got {x.dtype}")
-        x = x.to(self.device, non_blocking=self.non_blocking).permute(0, 3, 1, 2)
+        x = x.to(self.device, non_blocking=self.device.startswith("cuda")).permute(0, 3, 1, 2)
         return (x.float().div_(255.0) - self.mean) / self.std
 
 
@@ -235,11 +246,18 @@ def embed_sample(
     transform = encoder.transform()
     with h5py.File(sample.patches_path, "r") as f:
         patch_shape = tuple(f["img"].shape)
-    on_device = _OnDevice.make(transform, patch_shape, device)
-    ds = _PatchChunks(
-        sample.patches_path, n, cfg.batch_size, None if on_device is not None else transform
-    )
     on_cuda = device.startswith("cuda")
+    # Patches at the model's size: normalised per batch, on the GPU (uint8 crosses the bus) or
+    # in the CPU workers (in parallel with the forward); else the per-image transform (resize).
+    fast = _BatchNormalise.make(transform, patch_shape, device if on_cuda else "cpu")
+    on_device = fast if on_cuda else None
+    ds = _PatchChunks(
+        sample.patches_path,
+        n,
+        cfg.batch_size,
+        None if fast is not None else transform,
+        batch_transform=fast if fast is not None and not on_cuda else None,
+    )
     loader = torch.utils.data.DataLoader(
         ds,
         batch_size=None,  # items are already batches
