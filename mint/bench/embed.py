@@ -217,8 +217,11 @@ class _BatchNormalise:
 
         if x.dtype != torch.uint8:
             raise MintError(f"embed: expected uint8 patches, got {x.dtype}")
-        x = x.to(self.device, non_blocking=self.device.startswith("cuda")).permute(0, 3, 1, 2)
-        return (x.float().div_(255.0) - self.mean) / self.std
+        x = x.to(self.device, non_blocking=self.device.startswith("cuda"))
+        # CHW while still uint8 (a quarter of the bytes), then in place: half the time of
+        # broadcasting over the permuted view, and bit-identical to EvalTransform.
+        x = x.permute(0, 3, 1, 2).contiguous().float()
+        return x.div_(255.0).sub_(self.mean).div_(self.std)
 
 
 #: Batches whose outputs stay on the device before one copy to the host (one sync per flush).
