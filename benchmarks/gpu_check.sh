@@ -3,8 +3,9 @@
 # the whole script stays under 5 minutes):
 #   1. bf16 MINT step vs plain supervised step for ViT-B/16 (batch 64) and ViT-L/16 (batch 32),
 #      full DINOv2-sized settings (2 x 224 + 8 x 96 crops, 65,536 prototypes), random weights
-#      (timm architectures, pretrained=False): images/s and peak memory; ViT-B also without
-#      st_isolation, to price the attention mask (it rules out the flash-attention kernel);
+#      (timm architectures, pretrained=False): images/s and peak memory; ST isolation by the
+#      default mask-free split attention (flash kernel allowed) and by the dense mask
+#      (`mint-mask`, rules the flash kernel out), ViT-B also without st_isolation;
 #   2. a real 200-step demo training run (`mint train`, tiny-vit, demo hyperparameters) on toy
 #      shards written here (the workflow's results/ is not on the device), then load_model.
 # Figures go to stdout and to $OUT (default benchmarks/out/gpu_check).
@@ -47,12 +48,12 @@ step() {  # name, timeout seconds, command...
 }
 
 : > "$OUT/summary.txt"
-step vit_b 75 "$PY" benchmarks/train_step.py --backbone timm:vit_base_patch16_224 $TINY \
+step vit_b 110 "$PY" benchmarks/train_step.py --backbone timm:vit_base_patch16_224 $TINY \
   --batch-size "$BB" --steps $((8 - 7 * NS)) --warmup $((3 - 2 * NS)) --precision "$PREC" \
-  --params '{}' --device "$DEV" --variants mint,plain,mint-noiso --json-out "$OUT/vit_b.json"
-step vit_l 75 "$PY" benchmarks/train_step.py --backbone timm:vit_large_patch16_224 $TINY \
+  --params '{}' --device "$DEV" --variants mint,mint-mask,plain,mint-noiso --json-out "$OUT/vit_b.json"
+step vit_l 100 "$PY" benchmarks/train_step.py --backbone timm:vit_large_patch16_224 $TINY \
   --batch-size "$BL" --steps $((6 - 5 * NS)) --warmup $((2 - NS)) --precision "$PREC" \
-  --params '{}' --device "$DEV" --variants mint,plain --json-out "$OUT/vit_l.json"
+  --params '{}' --device "$DEV" --variants mint,mint-mask,plain --json-out "$OUT/vit_l.json"
 
 step toy_shards 40 "$PY" -c "
 from mint.train.toy import write_toy_shards

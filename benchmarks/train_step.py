@@ -1,6 +1,7 @@
 """Time one MINT training step against a plain supervised fine-tuning step, in one run.
 
-MINT step: student with ST token (+ expression heads), DINO (EMA teacher on 2 global crops,
+MINT step: student with ST token (isolated by the mask-free split attention; variant
+``mint-mask`` runs the dense-mask reference, ``mint-noiso`` no isolation) (+ expression heads), DINO (EMA teacher on 2 global crops,
 student on 2 global + N local crops, DINO head) and feature anchoring (frozen copy), AdamW with
 layer decay, EMA update. Plain step: the same backbone, one 224 px view, a linear head on the
 CLS token, MSE, AdamW. Same batch of tiles, same precision. The ratio is the cost of the
@@ -127,12 +128,26 @@ def run_variant(name: str, args, cfg: TrainConfig, vit: nn.Module, device, batch
         def fn():
             stepper.step(batch)
     else:
+        if name not in ("mint", "mint-mask", "mint-noiso"):
+            raise SystemExit(f"unknown variant {name!r}")
         vcfg = (
-            cfg
-            if name == "mint"
-            else TrainConfig.from_dict({**cfg.to_dict(), "st_isolation": False})
+            TrainConfig.from_dict({**cfg.to_dict(), "st_isolation": False})
+            if name == "mint-noiso"
+            else cfg
         )
         trainer = MintTrainer(vcfg, {"visium": args.vocab, "xenium": args.vocab}, device, vit=vit)
+        vits = [
+            m
+            for part in (trainer.student, trainer.teacher, getattr(trainer, "frozen", None))
+            if part is not None
+            for m in part.modules()
+            if isinstance(m, STTokenViT)
+        ]
+        if name == "mint-mask":  # the dense-mask reference instead of the default split path
+            for m in vits:
+                if m.st_isolation:
+                    m.isolation_impl = "mask"
+        impls = {m.isolation_impl for m in vits}
         counter = {"i": 0}
 
         def fn():
@@ -147,6 +162,8 @@ def run_variant(name: str, args, cfg: TrainConfig, vit: nn.Module, device, batch
         "step_s_mean": statistics.fmean(times),
         "tiles_per_s": args.batch_size / med,
     }
+    if name != "plain":
+        res["isolation_impl"] = ",".join(sorted(i or "none" for i in impls))
     if device.type == "cuda":
         res["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     return res
@@ -171,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--variants",
         default="mint,plain",
-        help="comma list of mint, plain, mint-noiso (MINT without st_isolation)",
+        help="comma list of mint (ST isolation, default split path), mint-mask (isolation "
+        "by the dense mask), mint-noiso (no isolation), plain",
     )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json-out", default=None)
@@ -217,6 +235,15 @@ def main(argv: list[str] | None = None) -> int:
         )
     by = {r["variant"]: r for r in results}
     summary = {"header": header, "results": results}
+    if "mint" in by and "mint-mask" in by:
+        r = by["mint-mask"]["step_s_median"] / by["mint"]["step_s_median"]
+        summary["ratio_mask_over_split"] = r
+        mem = ""
+        if "peak_mem_gib" in by["mint"]:
+            m = by["mint-mask"]["peak_mem_gib"] / by["mint"]["peak_mem_gib"]
+            summary["peak_mem_mask_over_split"] = m
+            mem = f", peak memory {m:.2f}"
+        print(f"ST isolation, dense mask / split (no mask): step time {r:.2f}{mem}", flush=True)
     if "mint" in by and "plain" in by:
         ratio = by["mint"]["step_s_median"] / by["plain"]["step_s_median"]
         summary["ratio_mint_over_plain"] = ratio

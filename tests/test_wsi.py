@@ -203,3 +203,79 @@ def test_missing_and_corrupt_slides(tmp_path, slides):
         for y in range(0, w.height, 200):
             for x in range(0, w.width, 200):
                 w.read_region(x, y, 224, 224)
+
+
+def _write_jpeg_pyramid(path, img: np.ndarray, monkeypatch, tile: int = 256) -> None:
+    """A JPEG-compressed tiled pyramid (YCbCr, as HEST's slides), tiles encoded by OpenCV.
+
+    tifffile needs imagecodecs to *encode* JPEG; pre-encoded tiles are written as they are, so a
+    pass-through codec is enough.
+    """
+    import tifffile
+
+    monkeypatch.setitem(tifffile.TIFF.COMPRESSORS._codecs, 7, lambda data, **kw: data)
+
+    def tiles(im):
+        for y in range(0, im.shape[0], tile):
+            for x in range(0, im.shape[1], tile):
+                t = np.full((tile, tile, 3), 255, np.uint8)
+                c = im[y : y + tile, x : x + tile]
+                t[: c.shape[0], : c.shape[1]] = c
+                ok, buf = cv2.imencode(".jpg", cv2.cvtColor(t, cv2.COLOR_RGB2BGR))
+                yield buf.tobytes()
+
+    with tifffile.TiffWriter(path) as tw:
+        for i in range(3):
+            tw.write(tiles(img), shape=img.shape, dtype=np.uint8, tile=(tile, tile),
+                     compression="jpeg", photometric="ycbcr", subsampling=(1, 1),
+                     subfiletype=1 if i else 0)  # fmt: skip
+            h, w = img.shape[:2]
+            img = cv2.resize(img, ((w + 1) // 2, (h + 1) // 2), interpolation=cv2.INTER_AREA)
+
+
+@pytest.mark.parametrize("codec", ["deflate", "jpeg"])
+def test_direct_tile_reads_equal_openslide(tmp_path, monkeypatch, codec):
+    """Decoding the TIFF tiles directly gives OpenSlide's pixels: patches inside, across and
+    outside the slide edges, whole-pixel and fractional, at levels 0 and 1."""
+    img = texture(712, 904, 0.5, seed=2)  # even sides: OpenSlide reads level 1 without resampling
+    path = tmp_path / f"{codec}.tif"
+    if codec == "deflate":
+        write_pyramidal_tiff_array(path, img, pixel_size_um=0.5)
+    else:
+        _write_jpeg_pyramid(path, img, monkeypatch)
+    direct, ref = WSI(path, 0.5, "D"), WSI(path, 0.5, "D", direct=False)
+    assert direct.reads_tiles_directly and not ref.reads_tiles_directly
+    rng = np.random.default_rng(0)
+    boxes = [(-50.0, -30.0, 224.0), (800.0, 600.0, 224.0), (300.0, 200.0, 448.0)]
+    boxes += [(*rng.uniform(-20, 700, 2), side) for side in (224.0, 231.7, 448.0, 180.3)]
+    for x, y, side in boxes:
+        a = direct.read_box(x, y, side, side, PATCH, PATCH)
+        b = ref.read_box(x, y, side, side, PATCH, PATCH)
+        assert np.abs(a.astype(int) - b).mean() <= (0.0 if codec == "deflate" else 1.0)
+
+
+def test_direct_reader_falls_back_to_openslide(slides, monkeypatch):
+    """When the self-check at open disagrees with OpenSlide, OpenSlide reads (same pixels)."""
+    import mint.data.wsi as wsi_mod
+
+    path, img = slides[0.5]
+    monkeypatch.setattr(wsi_mod, "_CHECK_MAD", -1.0)
+    wsi = WSI(path, 0.5, "S")
+    assert not wsi.reads_tiles_directly
+    np.testing.assert_array_equal(wsi.read_region(40, 60, 224, 224), img[60:284, 40:264])
+
+
+def test_direct_reader_shares_decoded_tiles_between_threads(slides):
+    """Reader threads share one bounded tile cache; results equal a one-thread read."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    path, _ = slides[0.25]
+    wsi = WSI(path, 0.25, "S", cache_mb=1)  # smaller than the slide: eviction happens
+    rng = np.random.default_rng(3)
+    xy = rng.uniform(0, 1000, (40, 2))
+    one = [wsi.read_region(x, y, 448, PATCH) for x, y in xy]
+    with ThreadPoolExecutor(4) as pool:
+        many = list(pool.map(lambda p: wsi.read_region(p[0], p[1], 448, PATCH), xy))
+    for a, b in zip(one, many, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert wsi._tiles._cached <= wsi._tiles.cache_bytes + 256 * 256 * 4

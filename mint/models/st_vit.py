@@ -10,10 +10,20 @@ CLS token receives a position embedding (`no_embed_class=False`), that is `cls_t
 pos_embed[:, 0]`; for `no_embed_class=True` it is `cls_token` itself. Either way the ST token's
 first input equals the CLS token's, so it starts from the pretrained summary token.
 
-`st_isolation=True` adds a float attention mask (0 / -inf) so that no token except the ST token
-itself attends to the ST token. CLS, register and patch outputs are then exactly those of the
-unwrapped model at initialisation (the pretrained representation is untouched at step 0), while
-the ST token still reads every token.
+`st_isolation=True` makes sure that no token except the ST token itself attends to the ST token.
+CLS, register and patch outputs are then exactly those of the unwrapped model at initialisation
+(the pretrained representation is untouched at step 0), while the ST token still reads every
+token. Two equivalent implementations (`isolation_impl`):
+
+* ``split`` (the default whenever the blocks are timm's standard ``Block``/``Attention``): inside
+  the blocks the ST token sits *last*, so the other tokens are a contiguous slice; they attend
+  among themselves in one ``scaled_dot_product_attention`` call without a mask, and the ST query
+  attends to every key in a second, one-query call (both on views of the same q/k/v, no copies).
+  A dense float mask rules out PyTorch's Flash-attention kernel on GPU; this path keeps it. The
+  token order seen from outside (``[CLS, registers..., ST, patches...]``) is restored after the
+  final norm; attention without position terms does not care about order inside the blocks.
+* ``mask``: a dense float mask (0 / -inf) passed to each block as ``attn_mask`` (any timm block
+  that takes one); the reference the ``split`` path is tested against.
 
 The wrapper switches timm's dynamic image size on (patch embedding in NHWC, position
 embedding resampled per input size) so that DINO's small local crops run through any ViT; at the
@@ -25,6 +35,7 @@ from __future__ import annotations
 import inspect
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -72,16 +83,66 @@ def _blocks_take_mask(vit: nn.Module) -> bool:
     return all("attn_mask" in inspect.signature(b.forward).parameters for b in vit.blocks)
 
 
+def _blocks_splittable(vit: nn.Module) -> bool:
+    """True when every block runs timm's own Block and Attention forward (the split path
+    repeats exactly those steps; a subclass or another block type could do something else)."""
+    try:
+        from timm.layers import Attention
+        from timm.models.vision_transformer import Block
+    except ImportError:  # pragma: no cover - timm without these names
+        return False
+    return all(
+        type(b).forward is Block.forward
+        and isinstance(getattr(b, "attn", None), Attention)
+        and type(b.attn).forward is Attention.forward
+        for b in vit.blocks
+    )
+
+
+def _split_attention(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """timm ``Attention.forward`` for a sequence whose LAST token is the ST token: the others
+    attend to all keys but the ST key, the ST query to every key. Two fused SDPA calls, no
+    mask; q/k/v slices are views of the one qkv projection."""
+    b, n, _ = x.shape
+    gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
+    qkv = attn.qkv(x).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    p = attn.attn_drop.p if attn.training else 0.0
+    m = n - 1
+    rest = F.scaled_dot_product_attention(q[:, :, :m], k[:, :, :m], v[:, :, :m], dropout_p=p)
+    st = F.scaled_dot_product_attention(q[:, :, m:], k, v, dropout_p=p)
+    x = torch.cat([rest, st], dim=2).transpose(1, 2).reshape(b, n, -1)
+    x = attn.norm(x)
+    if gate is not None:
+        x = x * gate
+    return attn.proj_drop(attn.proj(x))
+
+
+def _split_block(blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """timm ``Block.forward`` with :func:`_split_attention` in place of its attention."""
+    x = x + blk.drop_path1(blk.ls1(_split_attention(blk.attn, blk.norm1(x))))
+    return x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
+
+
 class STTokenViT(nn.Module):
     """Wraps a timm VisionTransformer; `forward` returns a dict of pooled outputs.
 
     Args:
         vit: a timm VisionTransformer (any: registers, no_embed_class, SwiGLU, layer scale).
         st_token: insert the ST token (False = plain ViT through the same code path).
-        st_isolation: mask attention so only the ST token attends to the ST token.
+        st_isolation: only the ST token attends to the ST token.
+        isolation_impl: ``auto`` (``split`` when the blocks allow it, else ``mask``), ``split``
+            or ``mask`` (see the module docstring); the outputs are the same.
     """
 
-    def __init__(self, vit: nn.Module, st_token: bool = True, st_isolation: bool = False) -> None:
+    def __init__(
+        self,
+        vit: nn.Module,
+        st_token: bool = True,
+        st_isolation: bool = False,
+        isolation_impl: str = "auto",
+    ) -> None:
         super().__init__()
         self.vit = vit
         self.has_st = bool(st_token)
@@ -89,11 +150,7 @@ class STTokenViT(nn.Module):
         self.grad_checkpointing = False
         _check_plain_vit(vit)
         enable_dynamic_img_size(vit)
-        if self.st_isolation and not _blocks_take_mask(vit):
-            raise MintError(
-                f"backbone {type(vit).__name__}: st_isolation needs timm blocks whose forward "
-                "takes attn_mask (timm >= 1.0.16); set st_isolation false"
-            )
+        self.isolation_impl = self._resolve_impl(isolation_impl) if self.st_isolation else ""
         # PatchDropout (if any) runs before the ST token is inserted: its prefix count stays right.
         self.num_prefix_tokens = int(vit.num_prefix_tokens)
         self.has_class_token = bool(getattr(vit, "has_class_token", vit.cls_token is not None))
@@ -106,6 +163,26 @@ class STTokenViT(nn.Module):
         self._mask_cache: dict[tuple, torch.Tensor] = {}
 
     # -- set-up ----------------------------------------------------------------------------
+    def _resolve_impl(self, impl: str) -> str:
+        name = type(self.vit).__name__
+        if impl not in ("auto", "split", "mask"):
+            raise MintError(
+                f"backbone {name}: isolation_impl must be auto, split or mask: {impl!r}"
+            )
+        split_ok = _blocks_splittable(self.vit)
+        if impl == "auto":
+            impl = "split" if split_ok else "mask"
+        if impl == "split" and not split_ok:
+            raise MintError(
+                f"backbone {name}: isolation_impl split needs timm's standard Block/Attention"
+            )
+        if impl == "mask" and not _blocks_take_mask(self.vit):
+            raise MintError(
+                f"backbone {name}: st_isolation needs timm blocks whose forward "
+                "takes attn_mask (timm >= 1.0.16); set st_isolation false"
+            )
+        return impl
+
     @torch.no_grad()
     def _initial_st(self) -> torch.Tensor:
         vit = self.vit
@@ -170,15 +247,25 @@ class STTokenViT(nn.Module):
         t = vit.patch_embed(x)
         t = vit._pos_embed(t)  # includes pos_drop
         t = vit.patch_drop(t)
+        p = self.num_prefix_tokens
+        split = self.st_isolation and self.isolation_impl == "split"
         if self.has_st:
             st = self.st_token.to(t.dtype).expand(t.shape[0], -1, -1)
-            p = self.num_prefix_tokens
-            t = torch.cat([t[:, :p], st, t[:, p:]], dim=1)
+            # The split path keeps ST last inside the blocks (see the module docstring).
+            t = torch.cat([t, st], dim=1) if split else torch.cat([t[:, :p], st, t[:, p:]], dim=1)
         t = vit.norm_pre(t)
+        use_ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled()
+        if split:
+            for blk in vit.blocks:
+                if use_ckpt:
+                    t = checkpoint(_split_block, blk, t, use_reentrant=False)
+                else:
+                    t = _split_block(blk, t)
+            t = vit.norm(t)
+            return torch.cat([t[:, :p], t[:, -1:], t[:, p:-1]], dim=1), grid
         mask = None
         if self.st_isolation:
             mask = self._isolation_mask(t.shape[1], t.device, _compute_dtype(t))
-        use_ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         for blk in vit.blocks:
             if use_ckpt:
                 if mask is None:
