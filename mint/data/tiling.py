@@ -51,7 +51,7 @@ from mint.data.genes import as_str, is_control
 from mint.data.tiles import TileWriter
 from mint.data.tissue import TissueMask, tissue_mask
 from mint.data.wsi import WSI, check_pixel_size
-from mint.errors import MintError
+from mint.errors import MintError, one_line
 from mint.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -63,12 +63,6 @@ TRANSCRIPT_BATCH_ROWS = 1 << 20  # rows per record batch: bounds memory (~0.3 GB
 MAX_UNMATCHED_FRACTION = 0.05
 INITIAL_GENE_CAPACITY = 512  # accumulator columns (at least the h5ad's genes); grows if needed
 _UNASSIGNED = {"", "unassigned", "-1", "none", "nan"}
-
-
-def one_line(exc: BaseException, limit: int = 300) -> str:
-    """An exception message on one line (MintError messages are printed as one line)."""
-    msg = " ".join(str(exc).split()) or exc.__class__.__name__
-    return msg if len(msg) <= limit else msg[: limit - 3] + "..."
 
 
 # --------------------------------------------------------------------------------------------
