@@ -654,6 +654,45 @@ def test_in_slide_tissue_ignores_area_beyond_the_slide():
     np.testing.assert_allclose(got, [1.0, 0.1, 0.01, 0.0], atol=1e-6)
 
 
+def test_old_format_contour_holes_are_subtracted(tmp_path):
+    """HEST's older contour files list holes as separate polygons under 'hole': they are cut
+    out, giving the same mask as the current format (polygon interiors)."""
+    from types import SimpleNamespace
+
+    from mint.data.tissue import mask_from_geojson
+    from mint.synth.hest import _old_format_contours
+
+    outer = box(0, 0, 400, 400)
+    hole = box(100, 100, 300, 300)
+    current = {
+        "type": "FeatureCollection",
+        "features": [
+            {
+                "type": "Feature",
+                "properties": {},
+                "geometry": {"type": "Polygon", "coordinates": [outer, hole]},
+            },
+            {
+                "type": "Feature",
+                "properties": {},
+                "geometry": {"type": "Polygon", "coordinates": [box(500, 0, 600, 100)]},
+            },
+        ],
+    }
+    old = _old_format_contours(current)
+    assert old[0]["properties"]["hole"] == [1] and old[1]["properties"]["hole"] == []
+    wsi = SimpleNamespace(width=800, height=800, pixel_size_um=1.0, sample_id="S")
+    masks = []
+    for name, obj in (("current", current), ("old", old)):
+        path = tmp_path / f"{name}.geojson"
+        path.write_text(json.dumps(obj))
+        masks.append(mask_from_geojson(path, wsi, mask_um=4.0))
+    np.testing.assert_array_equal(masks[0].mask, masks[1].mask)
+    assert masks[1].fraction(120, 120, 160, 160) == 0.0  # inside the hole
+    assert masks[1].fraction(0, 0, 80, 80) == 1.0
+    assert masks[1].mask.sum() < 0.8 * 160000 / 16  # the 200 x 200 hole is not tissue
+
+
 # ------------------------------------------------------------------------- CLI and end to end
 def _metadata_csv(path: Path, rows: list[dict]) -> Path:
     from mint.hest.metadata import REQUIRED_COLUMNS
