@@ -706,7 +706,7 @@ def _metadata_csv(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def test_cli_missing_pixel_size(tmp_path, capsys):
+def test_bad_input_cli_missing_pixel_size(tmp_path, capsys):
     _visium_sample(tmp_path, "NOPS")
     csv = _metadata_csv(
         tmp_path / "meta.csv",
@@ -729,6 +729,8 @@ def test_cli_missing_pixel_size(tmp_path, capsys):
     assert rc == 2 and not out.exists()
     err = capsys.readouterr().err
     assert "NOPS" in err and "pixel_size_um_estimated" in err
+    assert "np.float64" not in err and "nan" not in err and "missing" in err
+    assert err.count("\n") == 1
 
 
 def test_end_to_end_on_synthetic_hest(tmp_path):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mint.errors import MintError, one_line
+from mint.errors import MintError, one_line, show
 from mint.safe import check_name
 
 REQUIRED_COLUMNS: list[str] = [
@@ -124,7 +124,8 @@ def pixel_size_of(row: pd.Series) -> float:
         v = float("nan")
     if not v > 0:
         raise MintError(
-            f"{row['id']} metadata: invalid pixel_size_um_estimated {row['pixel_size_um_estimated']!r}"
+            f"{row['id']} metadata: invalid pixel_size_um_estimated "
+            f"{show(row['pixel_size_um_estimated'])}"
         )
     return v
 
