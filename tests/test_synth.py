@@ -18,6 +18,7 @@ from mint.cli import main
 from mint.hest.metadata import HEST_COLUMNS, read_metadata
 from mint.synth.hest import (
     CONTROL_PROBES,
+    FORMAT_VARIANTS,
     SynthConfig,
     generate_bench,
     generate_sample,
@@ -213,10 +214,13 @@ def test_xenium_files(hest_dir):
     names = set(tr["feature_name"])
     for prefix in ["BLANK_", "NegControlProbe_", "NegControlCodeword_", "UnassignedCodeword_"]:
         assert any(n.startswith(prefix) for n in names), prefix
-    seg = pq.read_table(hest_dir / "xenium_seg" / "SYNX000_xenium_cell_seg.parquet")
+    seg_path = hest_dir / "xenium_seg" / "SYNX000_xenium_cell_seg.parquet"
+    seg = pq.read_table(seg_path)
     assert b"geo" in seg.schema.metadata
     geoms = shapely.from_wkb(seg.column("geometry").to_numpy(zero_copy_only=False))
-    ids = seg.column("cell_id").to_pylist()
+    # HEST's current form: the cell id is the (pandas) index, as geopandas writes it
+    ids = seg.column("__index_level_0__").to_pylist()
+    assert list(pd.read_parquet(seg_path).index) == ids
     assert len(set(ids)) == len(ids) == len(geoms) > 10
     assert all(g.geom_type == "Polygon" and g.is_valid for g in geoms[:50])
     # transcripts of a cell lie inside (or on the rim of) its polygon, in H&E pixels
@@ -229,6 +233,7 @@ def test_xenium_files(hest_dir):
     assert np.mean(inside) > 0.97
     # the st h5ad holds HEST-style 100 um pseudo-spots with every feature (controls included)
     a = ad.read_h5ad(hest_dir / "st" / "SYNX000.h5ad")
+    assert "ST" in a.uns["spatial"]  # HEST's reader requires it
     assert all(len(b) == 7 and b[3] == "x" for b in a.obs_names)
     assert any(g.startswith("BLANK_") for g in a.var_names)
     assert a.X.sum() == len(tr)
@@ -339,3 +344,44 @@ def test_gene_model_sizes(n_genes):
     assert not any(c in g.xenium for c in CONTROL_PROBES)
     r = g.rates(g.visium)
     assert r.shape == (n_genes, len(CELL_TYPES)) and np.allclose(r.sum(0), 1.0)
+
+
+# --------------------------------------------------------------------------- real-format variants
+def test_format_variants_tile_identically(tmp_path):
+    """Every real-file form HEST's files take (old contours, int / bytes ids, bytes gene names,
+    null ids with a geometry column, id column instead of index) gives the same tiles."""
+    from mint.data.tiling import SampleInfo, SamplePaths, TileConfig, tile_sample
+
+    cfg = dict(SMALL, slide_size_um=600.0)
+    ps = float(synthetic_metadata(**cfg).set_index("id").loc["SYNX000", "pixel_size_um_estimated"])
+    info = SampleInfo("SYNX000", "Xenium", ps, "patch", "xenium")
+    got = {}
+    for variant in ("",) + FORMAT_VARIANTS:
+        out = tmp_path / (variant or "current")
+        generate_sample("SYNX000", out, **cfg, variants=(variant,) if variant else ())
+        tile_sample(
+            info,
+            SamplePaths.from_hest_dir(out, "SYNX000"),
+            out / "t.h5",
+            TileConfig(progress=False),
+        )
+        with h5py.File(out / "t.h5") as f:
+            got[variant] = {k: f[k][:] for k in ("expr", "barcode", "n_cells", "coords")}
+    assert got[""]["expr"].sum() > 0 and (got[""]["n_cells"] > 0).any()
+    tr = pq.read_table(
+        tmp_path / "null_ids_geometry" / "transcripts" / "SYNX000_transcripts.parquet"
+    )
+    assert tr.column("cell_id").null_count > 0 and "geometry" in tr.column_names
+    tr = pq.read_table(tmp_path / "bytes_names" / "transcripts" / "SYNX000_transcripts.parquet")
+    assert isinstance(tr.column("feature_name")[0].as_py(), bytes)
+    for variant in FORMAT_VARIANTS:
+        for k, v in got[""].items():
+            np.testing.assert_array_equal(got[variant][k], v, err_msg=f"{variant} {k}")
+
+
+def test_bad_input_unknown_format_variant(tmp_path):
+    from mint.errors import MintError
+
+    with pytest.raises(MintError, match="'nope' unknown"):
+        generate_sample("SYNX000", tmp_path, **SMALL, variants=("nope",))
+    assert not any(tmp_path.iterdir())

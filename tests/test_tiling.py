@@ -368,9 +368,10 @@ def _write_xenium(tmp_path: Path, sid: str, with_seg: bool = True, tx_hook=None)
 def _brute_force(ids, cents, tx, W, H, mode):
     """{(row, col): (counts over GENES_X, n_cells)} for kept patches, computed naively."""
     ncol, nrow = int(np.ceil(W / S_X)), int(np.ceil(H / S_X))
-    covered = set()
-    for x, y in zip(tx["he_x"], tx["he_y"], strict=True):
-        covered.add((int(y // S_X), int(x // S_X)))
+    covered = set()  # only counted transcripts (panel genes, qv >= 20) cover a patch
+    for x, y, g, qv in zip(tx["he_x"], tx["he_y"], tx["feature_name"], tx["qv"], strict=True):
+        if g in GENES_X and qv >= 20:
+            covered.add((int(y // S_X), int(x // S_X)))
     keep = {p for p in covered if p != (0, 3)}  # (0, 3) is not tissue
     cell_patch = {
         cid: (int(c[1] // S_X), int(c[0] // S_X)) for cid, c in zip(ids, cents, strict=True)
@@ -432,8 +433,9 @@ def test_xenium_counts_equal_brute_force(tmp_path, monkeypatch, mode):
     assert t["img"].shape[1:] == (PATCH, PATCH, 3)
 
 
-def test_xenium_without_segmentation_uses_transcript_centroids(tmp_path, monkeypatch):
-    """Old-style table: integer cell ids (-1 = none) and binary feature names, no seg file.
+def test_xenium_old_style_table_int_ids_bytes_genes(tmp_path, monkeypatch):
+    """HEST variants: integer cell ids (-1 = none) and bytes feature names in the table, the
+    segmentation's integer cell ids stored as the pandas index (``__index_level_0__``).
 
     Without the h5ad the panel comes from the table alone (G10, G11 never detected: absent),
     and the accumulator has to grow while new genes appear batch after batch.
@@ -447,19 +449,24 @@ def test_xenium_without_segmentation_uses_transcript_centroids(tmp_path, monkeyp
         tx["feature_name"] = [g.encode() for g in tx["feature_name"]]
         return tx
 
-    paths, ids, polys, tx, (W, H) = _write_xenium(
-        tmp_path, "XOLD", with_seg=False, tx_hook=old_style
+    paths, ids, polys, tx, (W, H) = _write_xenium(tmp_path, "XOLD", tx_hook=old_style)
+    table = pa.table(
+        {
+            "geometry": pa.array(list(shapely.to_wkb(polys)), pa.binary()),
+            "__index_level_0__": pa.array([int(c[4:7]) for c in ids], pa.int64()),
+        }
     )
+    pq.write_table(table, paths.cell_seg)
     paths.st.unlink()
     out = tmp_path / "XOLD.h5"
     tile_sample(info("XOLD", "Xenium", PS_X, "patch", "xenium"), paths, out, CFG)
     t = read_tiles(out)
-    assert t["attrs"]["cell_source"] == "transcripts"
+    assert t["attrs"]["cell_source"] == "xenium_seg"
+    assert t["attrs"]["n_transcripts_unmatched"] == 0
     tx = tx.copy()
     tx["feature_name"] = [g.decode() for g in tx["feature_name"]]
-    assigned = tx[tx["cell_id"] >= 0]
-    g = assigned.groupby("cell_id")[["he_x", "he_y"]].mean()
-    truth = _brute_force(list(g.index), g.to_numpy(), tx, W, H, "cells")
+    cents = shapely.get_coordinates(shapely.centroid(polys))
+    truth = _brute_force(list(range(len(ids))), cents, tx, W, H, "cells")
     got = {tuple(int(v) for v in bc.split("x")): k for k, bc in enumerate(t["barcodes"])}
     assert set(got) == set(truth)
     assert t["gene_names"] == sorted(GENES_X[:10])
@@ -589,6 +596,104 @@ def test_xenium_bad_inputs_leave_no_file(tmp_path):
     assert not out.exists() and not list((tmp_path / "o").glob("*"))
 
 
+@pytest.mark.parametrize("damage", ["missing", "garbage", "no_geometry"])
+def test_bad_input_xenium_segmentation_required_for_cell_targets(tmp_path, damage):
+    """Cell targets never fall back silently: a missing or unreadable segmentation is one
+    error naming the sample and file, with no output; transcript targets do not need it."""
+    i = info("XS", "Xenium", PS_X, "patch", "xenium")
+    paths, *_ = _write_xenium(tmp_path, "XS")
+    if damage == "missing":
+        paths.cell_seg.unlink()
+    elif damage == "garbage":
+        paths.cell_seg.write_bytes(b"not a parquet file")
+    else:
+        pq.write_table(pa.table({"cell_id": ["a", "b"]}), paths.cell_seg)
+    out = tmp_path / "o" / "XS.h5"
+    with pytest.raises(MintError, match=r"^XS .*XS_xenium_cell_seg\.parquet: ") as err:
+        tile_sample(i, paths, out, CFG)
+    assert "\n" not in str(err.value)
+    assert not out.exists() and not list((tmp_path / "o").glob("*"))
+    if damage == "missing":
+        tile_sample(i, paths, out, TileConfig(progress=False, xenium_target="transcripts"))
+        assert read_tiles(out)["attrs"]["cell_source"] == ""
+
+
+def test_xenium_dropped_transcripts_do_not_cover_a_patch(tmp_path):
+    """Row 2 is tissue but holds only controls and low-qv transcripts: no patch there."""
+
+    def noise_in_row_2(tx):
+        extra = pd.DataFrame(
+            {
+                "cell_id": ["UNASSIGNED"] * 4,
+                "feature_name": [CONTROLS[0], CONTROLS[1], "G1", "G2"],
+                "he_x": [100.0, 600.0, 1000.0, 1400.0],
+                "he_y": [2 * S_X + 50.0] * 4,
+                "qv": [30.0, 30.0, 5.0, 10.0],
+            }
+        )
+        extra["x_location"] = extra["he_x"] * PS_X
+        extra["y_location"] = extra["he_y"] * PS_X
+        return pd.concat([tx, extra], ignore_index=True)
+
+    paths, *_ = _write_xenium(tmp_path, "XC", tx_hook=noise_in_row_2)
+    out = tmp_path / "XC.h5"
+    tile_sample(info("XC", "Xenium", PS_X, "patch", "xenium"), paths, out, CFG)
+    rows = {int(bc.split("x")[0]) for bc in read_tiles(out)["barcodes"]}
+    assert rows == {0, 1}
+
+
+def test_in_slide_tissue_ignores_area_beyond_the_slide():
+    """A mask (and contours) reaching past the slide edge never makes an overhanging patch
+    tissue: a patch with 10 % of its area inside the slide has at most 10 % tissue."""
+    from mint.data.tissue import TissueMask
+
+    mask = TissueMask(mask=np.ones((30, 30), np.uint8), scale=4.0, source="geojson")
+    W = H = 100.0  # the slide; the mask covers 120 x 120
+    tops = np.array([[0.0, 0.0], [W - 4.0, 0.0], [W - 4.0, H - 4.0], [W + 1, 0.0]])
+    got = tiling.in_slide_tissue(mask, tops, 40.0, W, H)
+    np.testing.assert_allclose(got, [1.0, 0.1, 0.01, 0.0], atol=1e-6)
+
+
+def test_old_format_contour_holes_are_subtracted(tmp_path):
+    """HEST's older contour files list holes as separate polygons under 'hole': they are cut
+    out, giving the same mask as the current format (polygon interiors)."""
+    from types import SimpleNamespace
+
+    from mint.data.tissue import mask_from_geojson
+    from mint.synth.hest import _old_format_contours
+
+    outer = box(0, 0, 400, 400)
+    hole = box(100, 100, 300, 300)
+    current = {
+        "type": "FeatureCollection",
+        "features": [
+            {
+                "type": "Feature",
+                "properties": {},
+                "geometry": {"type": "Polygon", "coordinates": [outer, hole]},
+            },
+            {
+                "type": "Feature",
+                "properties": {},
+                "geometry": {"type": "Polygon", "coordinates": [box(500, 0, 600, 100)]},
+            },
+        ],
+    }
+    old = _old_format_contours(current)
+    assert old[0]["properties"]["hole"] == [1] and old[1]["properties"]["hole"] == []
+    wsi = SimpleNamespace(width=800, height=800, pixel_size_um=1.0, sample_id="S")
+    masks = []
+    for name, obj in (("current", current), ("old", old)):
+        path = tmp_path / f"{name}.geojson"
+        path.write_text(json.dumps(obj))
+        masks.append(mask_from_geojson(path, wsi, mask_um=4.0))
+    np.testing.assert_array_equal(masks[0].mask, masks[1].mask)
+    assert masks[1].fraction(120, 120, 160, 160) == 0.0  # inside the hole
+    assert masks[1].fraction(0, 0, 80, 80) == 1.0
+    filled = (400 * 400 + 100 * 100) / 16  # mask pixels if the hole were filled
+    assert masks[1].mask.sum() < filled - 0.8 * 200 * 200 / 16  # the hole is not tissue
+
+
 # ------------------------------------------------------------------------- CLI and end to end
 def _metadata_csv(path: Path, rows: list[dict]) -> Path:
     from mint.hest.metadata import REQUIRED_COLUMNS
@@ -601,7 +706,7 @@ def _metadata_csv(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def test_cli_missing_pixel_size(tmp_path, capsys):
+def test_bad_input_cli_missing_pixel_size(tmp_path, capsys):
     _visium_sample(tmp_path, "NOPS")
     csv = _metadata_csv(
         tmp_path / "meta.csv",
@@ -624,6 +729,8 @@ def test_cli_missing_pixel_size(tmp_path, capsys):
     assert rc == 2 and not out.exists()
     err = capsys.readouterr().err
     assert "NOPS" in err and "pixel_size_um_estimated" in err
+    assert "np.float64" not in err and "nan" not in err and "missing" in err
+    assert err.count("\n") == 1
 
 
 def test_end_to_end_on_synthetic_hest(tmp_path):

@@ -12,7 +12,18 @@ write them in parallel.
 
 Atomicity: each shard is written under a temporary name and renamed when complete; `index.json`
 is removed first and written last, so a reader that finds `index.json` finds every shard it
-lists, complete. Stale shards of an earlier, larger run are deleted.
+lists, complete. Stale shards of an earlier, larger run, and temporary shards of a killed run,
+are deleted.
+
+Verification: `index.json` records each shard's sample count, byte size and SHA-256.
+`verify_shards` (called by training before the first step, and by `mint shards --verify`)
+checks all three, so a damaged shard is a one-line error naming the file, and a shard cut at a
+member boundary (a valid but shorter tar) can never pass as complete.
+
+Vocabulary coverage: a sample that measures too few of its modality's vocabulary genes
+(default: none at all) would put tiles with all-false masks into training. It stops the run
+with an error naming it, or, with `--exclude-low-coverage`, is left out; either way
+`qc.tsv` next to the shards lists every sample with its coverage and status.
 
 Sample layout (DESIGN.md section 3): ``__key__`` = ``{sample}_{barcode}``; ``jpg`` 224 x 224 RGB
 (4:4:4 chroma, quality Q); ``expr.npy`` float16 ``log1p(counts)`` on the modality's vocabulary
@@ -23,10 +34,12 @@ x, y, technology, level, modality, organ, oncotree_code, n_cells} (n_cells -1 fo
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import logging
 import re
+import tarfile
 from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -38,13 +51,27 @@ from tqdm import tqdm
 from mint.data.genes import as_str
 from mint.data.tiles import TileInfo, read_info
 from mint.data.vocab import read_vocab
-from mint.errors import MintError
-from mint.io import atomic_path, write_json
+from mint.errors import MintError, one_line
+from mint.io import atomic_path, sweep_temps, write_json, write_text
 
 log = logging.getLogger(__name__)
 
 MODALITIES = ("visium", "xenium")
 _SHARD_RE = re.compile(r"^(train|val)-\d{6}\.tar$")
+_SHARD_TMP_RE = re.compile(r"^\.(train|val)-\d{6}\.[a-z0-9_]{8}\.tmp\.tar$")
+#: Per-sample QC table written next to the shards (tab-separated, one row per tile file).
+QC_FILE = "qc.tsv"
+QC_COLUMNS = (
+    "sample",
+    "technology",
+    "modality",
+    "n_tiles",
+    "n_genes_measured",
+    "vocab_size",
+    "vocab_coverage",
+    "status",
+    "reason",
+)
 
 
 @dataclass
@@ -147,8 +174,11 @@ def write_shard(
     sources: list[Source],
     vocab_sizes: dict[str, int],
     quality: int,
-) -> int:
-    """Write one shard atomically with the tiles `pairs` in order; returns the sample count."""
+) -> dict:
+    """Write one shard atomically with the tiles `pairs` in order.
+
+    Returns its index entry: file name, sample count, byte size and SHA-256.
+    """
     import webdataset as wds
 
     handles = _Handles()
@@ -196,9 +226,133 @@ def write_shard(
                         }
                     )
                 sink.close()
+            size, digest = file_digest(tmp)
     finally:
         handles.close()
-    return len(pairs)
+    return {"path": path.name, "n": int(len(pairs)), "bytes": size, "sha256": digest}
+
+
+def file_digest(path: Path) -> tuple[int, str]:
+    """(byte size, SHA-256 hex) of a file, read in 8 MiB blocks."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 23):
+            h.update(block)
+            size += len(block)
+    return size, h.hexdigest()
+
+
+def count_samples(path: Path) -> int:
+    """Number of WebDataset samples (distinct keys) in a tar, read from the headers only."""
+    keys = set()
+    try:
+        with tarfile.open(path, "r:") as tf:
+            for member in tf:
+                if member.isfile():
+                    keys.add(member.name.split(".", 1)[0])
+    except (tarfile.TarError, OSError) as exc:
+        raise MintError(f"shards {path}: unreadable shard ({one_line(exc)})") from None
+    return len(keys)
+
+
+def verify_shards(index_path: str | Path, checksums: bool = True) -> int:
+    """Check every shard `index.json` lists; returns the number checked.
+
+    Each shard must exist, have the recorded byte size and SHA-256 (when recorded: indexes of
+    older versions lack them) and hold the recorded number of samples. The first failure is a
+    MintError naming the shard file, so training stops before its first step.
+    """
+    index_path = Path(index_path)
+    try:
+        raw = json.loads(index_path.read_text())
+    except FileNotFoundError:
+        raise MintError(f"shards {index_path}: index.json not found") from None
+    except (OSError, ValueError) as exc:
+        raise MintError(f"shards {index_path}: unreadable index.json ({one_line(exc)})") from None
+    entries = list(raw.get("shards", [])) + list(raw.get("val_shards", []))
+    for entry in entries:
+        path = index_path.parent / str(entry.get("path", ""))
+        if not path.is_file():
+            raise MintError(f"shards {path}: shard listed in {index_path.name} is missing")
+        want_bytes, want_sha = entry.get("bytes"), entry.get("sha256")
+        if want_bytes is not None and path.stat().st_size != int(want_bytes):
+            raise MintError(
+                f"shards {path}: {path.stat().st_size} bytes, index.json records {want_bytes} "
+                "(truncated or replaced); rebuild the shards"
+            )
+        if checksums and want_sha:
+            _, digest = file_digest(path)
+            if digest != want_sha:
+                raise MintError(
+                    f"shards {path}: SHA-256 differs from index.json (damaged or changed); "
+                    "rebuild the shards"
+                )
+        n = count_samples(path)
+        if n != int(entry.get("n", -1)):
+            raise MintError(
+                f"shards {path}: {n} samples, index.json records {entry.get('n')} "
+                "(truncated or replaced); rebuild the shards"
+            )
+    log.info("verified %d shard(s) listed in %s", len(entries), index_path)
+    return len(entries)
+
+
+def coverage_qc(
+    sources: list[Source],
+    vocab: dict[str, list[str]],
+    min_coverage: float,
+    exclude_low: bool,
+) -> tuple[list[Source], list[dict]]:
+    """(sources kept, one QC row per source): the vocabulary coverage check.
+
+    A sample with tiles that measures none of its modality's vocabulary genes, or less than
+    `min_coverage` of them, is an error naming it, unless `exclude_low` leaves it out.
+    """
+    kept, rows = [], []
+    for src in sources:
+        size = len(vocab[src.modality])
+        measured = int(src.mask.sum())
+        frac = measured / size if size else 0.0
+        low = src.info.n > 0 and (measured == 0 or frac < min_coverage)
+        reason = ""
+        if low:
+            reason = (
+                f"measures {measured} of {size} {src.modality} vocabulary genes "
+                f"({frac:.1%} < {min_coverage:.1%})"
+                if measured
+                else f"measures none of the {size} {src.modality} vocabulary genes"
+            )
+            if not exclude_low:
+                raise MintError(
+                    f"{src.info.sample_id} {src.info.path}: {reason}; its tiles would train on "
+                    "all-false masks (fix the sample, or set shards.exclude_low_coverage)"
+                )
+            log.warning("%s: excluded from the shards: %s", src.info.sample_id, reason)
+        else:
+            kept.append(src)
+        rows.append(
+            dict(
+                sample=src.info.sample_id,
+                technology=src.info.technology,
+                modality=src.modality,
+                n_tiles=int(src.info.n),
+                n_genes_measured=measured,
+                vocab_size=size,
+                vocab_coverage=round(frac, 4),
+                status="excluded" if low else "kept",
+                reason=reason,
+            )
+        )
+    return kept, rows
+
+
+def qc_table(rows: list[dict]) -> str:
+    """The QC rows as tab-separated text (header first; tabs and newlines in values removed)."""
+    lines = ["\t".join(QC_COLUMNS)]
+    for r in rows:
+        lines.append("\t".join(" ".join(str(r.get(c, "")).split()) for c in QC_COLUMNS))
+    return "\n".join(lines) + "\n"
 
 
 def sample_key(sample: str, barcode: str) -> str:
@@ -256,7 +410,7 @@ def bench_sample_ids(bench_dir: Path, tasks: list[str]) -> set[str]:
     return ids
 
 
-def _write_one(job) -> int:
+def _write_one(job) -> dict:
     path, pairs, sources, sizes, quality = job
     return write_shard(path, pairs, sources, sizes, quality)
 
@@ -272,6 +426,8 @@ def write_shards(
     workers: int = 1,
     exclude: set[str] | None = None,
     progress: bool = True,
+    min_coverage: float = 0.0,
+    exclude_low_coverage: bool = False,
 ) -> dict:
     if samples_per_shard < 1:
         raise MintError("--samples-per-shard must be >= 1")
@@ -288,12 +444,11 @@ def write_shards(
                 f"{bad[0]} {tiles[0].path.parent}: HEST-Bench sample in the training "
                 f"tiles ({len(bad)} in all): it would leak into the benchmark"
             )
-    sources = _sources(tiles, vocab)
-    for src in sources:
-        if not src.mask.any() and src.info.n:
-            log.warning(
-                "%s: none of its genes is in the %s vocabulary", src.info.sample_id, src.modality
-            )
+    if not 0 <= min_coverage <= 1:
+        raise MintError("--min-vocab-coverage must be in [0, 1]")
+    sources, qc_rows = coverage_qc(
+        _sources(tiles, vocab), vocab, min_coverage, exclude_low_coverage
+    )
     train, val = plan([s.info.n for s in sources], val_fraction, seed)
     if len(train) == 0:
         raise MintError(f"shards {out_dir}: no tiles to write")
@@ -301,6 +456,7 @@ def write_shards(
     out_dir.mkdir(parents=True, exist_ok=True)
     index_path = out_dir / "index.json"
     index_path.unlink(missing_ok=True)  # never leave an index that points at half-new shards
+    sweep_temps(out_dir, _SHARD_TMP_RE)  # shards of a killed run
     sizes = {m: len(vocab[m]) for m in MODALITIES}
     jobs = []
     for prefix, pairs in (("train", train), ("val", val)):
@@ -315,13 +471,17 @@ def write_shards(
                 )
             )
     bar = tqdm(total=len(train) + len(val), desc="shards", unit="tile", disable=not progress)
+    written: dict[str, dict] = {}
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            for n in pool.map(_write_one, jobs):
-                bar.update(n)
+            for entry in pool.map(_write_one, jobs):
+                written[entry["path"]] = entry
+                bar.update(entry["n"])
     else:
         for job in jobs:
-            bar.update(_write_one(job))
+            entry = _write_one(job)
+            written[entry["path"]] = entry
+            bar.update(entry["n"])
     bar.close()
     names = {j[0].name for j in jobs}
     for p in out_dir.iterdir():  # shards of an earlier, larger run
@@ -364,18 +524,17 @@ def write_shards(
         "n_train": int(len(train)),
         "n_val": int(len(val)),
         "samples": samples,
-        "shards": [
-            {"path": j[0].name, "n": int(len(j[1]))} for j in jobs if j[0].name.startswith("train")
-        ],
-        "val_shards": [
-            {"path": j[0].name, "n": int(len(j[1]))} for j in jobs if j[0].name.startswith("val")
-        ],
+        "shards": [written[j[0].name] for j in jobs if j[0].name.startswith("train")],
+        "val_shards": [written[j[0].name] for j in jobs if j[0].name.startswith("val")],
+        "excluded": {r["sample"]: r["reason"] for r in qc_rows if r["status"] == "excluded"},
+        "qc": QC_FILE,
         "image_size": image_sizes.pop() if image_sizes else 224,
         "pixel_size_um": pixel_sizes.pop() if pixel_sizes else 0.5,
         "seed": int(seed),
         "val_fraction": float(val_fraction),
         "jpeg_quality": int(jpeg_quality),
     }
+    write_text(out_dir / QC_FILE, qc_table(qc_rows))
     write_json(index_path, index, indent=1)
     log.info(
         "wrote %d train + %d val tiles in %d shards to %s", len(train), len(val), len(jobs), out_dir
@@ -384,11 +543,16 @@ def write_shards(
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tiles", nargs="+", required=True, type=Path, help="training tile files")
     p.add_argument(
-        "--vocab-dir", required=True, type=Path, help="folder with visium.txt, xenium.txt"
+        "--verify",
+        type=Path,
+        default=None,
+        metavar="INDEX",
+        help="only check the shards an index.json lists (count, size, SHA-256), then exit",
     )
-    p.add_argument("--out-dir", required=True, type=Path)
+    p.add_argument("--tiles", nargs="+", type=Path, help="training tile files")
+    p.add_argument("--vocab-dir", type=Path, help="folder with visium.txt, xenium.txt")
+    p.add_argument("--out-dir", type=Path)
     p.add_argument("--samples-per-shard", type=int, default=2000)
     p.add_argument("--val-fraction", type=float, default=0.02)
     p.add_argument("--seed", type=int, default=0)
@@ -401,10 +565,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="with --bench-tasks: refuse tiles of HEST-Bench samples (leakage guard)",
     )
     p.add_argument("--bench-tasks", nargs="*", default=[])
+    p.add_argument(
+        "--min-vocab-coverage",
+        type=float,
+        default=0.0,
+        help="fraction of its modality's vocabulary a sample must measure (0: at least one gene)",
+    )
+    p.add_argument(
+        "--exclude-low-coverage",
+        action="store_true",
+        help="leave samples below --min-vocab-coverage out (listed in qc.tsv) instead of stopping",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from mint.logging_utils import progress_enabled
+
+    if args.verify is not None:
+        path = args.verify / "index.json" if args.verify.is_dir() else args.verify
+        n = verify_shards(path)
+        print(f"{path}: {n} shard(s) verified")
+        return 0
+    for flag in ("tiles", "vocab_dir", "out_dir"):
+        if not getattr(args, flag):
+            raise MintError(f"shards: --{flag.replace('_', '-')} is required (or use --verify)")
 
     exclude = None
     if args.bench_dir is not None and args.bench_tasks:
@@ -420,8 +604,17 @@ def run(args: argparse.Namespace) -> int:
         max(1, args.workers),
         exclude,
         progress_enabled(),
+        args.min_vocab_coverage,
+        args.exclude_low_coverage,
     )
     return 0
 
 
-__all__ = ["write_shards", "plan", "targets_on_vocab", "sample_key", "bench_sample_ids"]
+__all__ = [
+    "write_shards",
+    "verify_shards",
+    "plan",
+    "targets_on_vocab",
+    "sample_key",
+    "bench_sample_ids",
+]

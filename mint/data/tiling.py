@@ -12,13 +12,16 @@ Two ways to pair pixels with expression, by technology (`mint.hest.metadata.leve
   centre is outside the slide are dropped and counted. Target = the spot's raw counts from
   ``st/{id}.h5ad`` (duplicate gene symbols summed).
 * **patch level** (Xenium): a grid of non-overlapping patches anchored at the slide origin. A
-  grid patch is a candidate when at least one transcript falls inside it (the Xenium capture
-  area can be smaller than the H&E section, and a patch outside it would get a false zero
-  target) and is kept when it is also tissue. Target (``cells``, default) = summed counts of the
-  cells whose centroid lies in the patch (centroid of the ``xenium_seg`` polygon, or the mean
-  position of the cell's transcripts when there is no segmentation file); each cell belongs to
-  exactly one patch, by ``floor(centroid / size_src)``. ``transcripts`` counts every transcript
-  whose (he_x, he_y) falls inside. Control codewords and ``qv < min_qv`` are dropped in both.
+  grid patch is a candidate when at least one counted transcript (not a control, ``qv >=
+  min_qv``) falls inside it (the Xenium capture area can be smaller than the H&E section, and a
+  patch outside it would get a false zero target) and is kept when it is also tissue; the
+  tissue fraction counts only the part of the patch inside the slide (the last grid row and
+  column overhang the slide edge). Target (``cells``, default) = summed counts of the cells
+  whose centroid (of the ``xenium_seg`` polygon) lies in the patch; each cell belongs to
+  exactly one patch, by ``floor(centroid / size_src)``. The segmentation is required in this
+  mode: a missing or unreadable file is an error naming the sample and file (never a silent
+  switch to other targets). ``transcripts`` counts every transcript whose (he_x, he_y) falls
+  inside. Control codewords and ``qv < min_qv`` are dropped in both.
   In ``cells`` mode, transcripts whose cell id is not in ``xenium_seg`` are counted
   (``n_transcripts_unmatched``) and not used; more than 5 % of the cell-assigned ones is an
   error (the two files do not belong together). Ids are compared as normalised strings
@@ -51,7 +54,7 @@ from mint.data.genes import as_str, is_control
 from mint.data.tiles import TileWriter
 from mint.data.tissue import TissueMask, tissue_mask
 from mint.data.wsi import WSI, check_pixel_size
-from mint.errors import MintError
+from mint.errors import MintError, one_line
 from mint.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -63,12 +66,6 @@ TRANSCRIPT_BATCH_ROWS = 1 << 20  # rows per record batch: bounds memory (~0.3 GB
 MAX_UNMATCHED_FRACTION = 0.05
 INITIAL_GENE_CAPACITY = 512  # accumulator columns (at least the h5ad's genes); grows if needed
 _UNASSIGNED = {"", "unassigned", "-1", "none", "nan"}
-
-
-def one_line(exc: BaseException, limit: int = 300) -> str:
-    """An exception message on one line (MintError messages are printed as one line)."""
-    msg = " ".join(str(exc).split()) or exc.__class__.__name__
-    return msg if len(msg) <= limit else msg[: limit - 3] + "..."
 
 
 # --------------------------------------------------------------------------------------------
@@ -450,14 +447,15 @@ def _iter_batches(pf, columns: list[str], sample_id: str, path: Path, desc: str,
         bar.close()
 
 
-def cells_from_segmentation(path: Path, sample_id: str) -> tuple[list[str], np.ndarray] | None:
+def cells_from_segmentation(path: Path, sample_id: str) -> tuple[list[str], np.ndarray]:
     """(cell ids, centroids (N, 2) in H&E level-0 px) from HEST's cell polygons, or None.
 
     HEST writes the GeoDataFrame with geopandas: WKB polygons and the cell id as the (pandas)
     index column. The geometry column is the GeoParquet ``geo`` metadata's ``primary_column``
     when present (HEST names it ``geometry`` or ``combined``), else the first of those names.
-    None (with a warning) when the file has no usable geometry or id column, so the caller
-    falls back to transcript-based centroids.
+    HEST's variants are all read: the id as a column or as the pandas index
+    (``__index_level_0__``), as str, int (-1 = unassigned, dropped) or bytes. A file without
+    a usable geometry or id column, or without cells, is a MintError naming the sample and file.
     """
     import json as _json
 
@@ -480,25 +478,27 @@ def cells_from_segmentation(path: Path, sample_id: str) -> tuple[list[str], np.n
     if geo_col not in names:
         geo_col = next((c for c in ("geometry", "combined") if c in names), None)
     if geo_col is None or id_col is None:
-        log.warning(
-            "%s %s: no geometry or cell id column; centroids from transcripts instead",
-            sample_id,
-            path,
+        raise MintError(
+            f"{sample_id} {path}: cell segmentation has no "
+            f"{'geometry' if geo_col is None else 'cell id'} column (columns: {names})"
         )
-        return None
     ids: list[str] = []
     cents = []
-    for batch in pf.iter_batches(batch_size=1 << 18, columns=[geo_col, id_col]):
-        geoms = shapely.from_wkb(batch.column(geo_col).to_numpy(zero_copy_only=False))
-        cents.append(
-            shapely.get_coordinates(shapely.centroid(geoms)).reshape(-1, 2)
-            if len(geoms)
-            else np.zeros((0, 2))
-        )
-        ids.extend(_normalise_ids(batch.column(id_col).to_pylist()))
+    try:
+        for batch in pf.iter_batches(batch_size=1 << 18, columns=[geo_col, id_col]):
+            geoms = shapely.from_wkb(batch.column(geo_col).to_numpy(zero_copy_only=False))
+            cents.append(
+                shapely.get_coordinates(shapely.centroid(geoms)).reshape(-1, 2)
+                if len(geoms)
+                else np.zeros((0, 2))
+            )
+            ids.extend(_normalise_ids(batch.column(id_col).to_pylist()))
+    except Exception as exc:  # damaged parquet or WKB
+        raise MintError(
+            f"{sample_id} {path}: cannot read the cell segmentation: {one_line(exc)}"
+        ) from None
     if not ids:
-        log.warning("%s %s: no cells; centroids from transcripts instead", sample_id, path)
-        return None
+        raise MintError(f"{sample_id} {path}: cell segmentation holds no cells")
     return ids, np.concatenate(cents).astype(np.float64)
 
 
@@ -534,7 +534,7 @@ def xenium_targets(
     n_grid = nx * ny
     gx, gy = np.meshgrid(np.arange(nx), np.arange(ny))
     grid_tops = np.column_stack([gx.ravel() * s, gy.ravel() * s]).astype(np.int64)
-    tissue = mask.fractions(np.column_stack([grid_tops, np.full((n_grid, 2), s)]))
+    tissue = in_slide_tissue(mask, grid_tops, s, wsi.width, wsi.height)
     is_tissue = tissue >= cfg.min_tissue
     # Compact index of tissue patches: the accumulator holds only those.
     compact = np.full(n_grid, -1, np.int64)
@@ -560,39 +560,19 @@ def xenium_targets(
     cell_grid = np.zeros(0, np.int64)
     n_cells_outside = 0
     cell_source = ""
-    seg = None
-    if use_cells or paths.cell_seg.is_file():
-        seg = cells_from_segmentation(paths.cell_seg, sid) if paths.cell_seg.is_file() else None
-    if seg is not None:
-        ids, cents = seg
+    if use_cells or paths.cell_seg.is_file():  # transcript targets still count cells if it can
+        if not paths.cell_seg.is_file():
+            raise MintError(
+                f"{sid} {paths.cell_seg}: cell segmentation not found (needed for cell targets; "
+                "set tile.xenium_target: transcripts to count transcripts per patch instead)"
+            )
+        ids, cents = cells_from_segmentation(paths.cell_seg, sid)
         lut = cells.lut(ids, grow=True)  # global ids in order of first appearance
         valid = np.flatnonzero(lut >= 0)
         # A duplicated id keeps its first polygon.
         _, first = np.unique(lut[valid], return_index=True)
         cents = cents[valid[first]]
         cell_source = "xenium_seg"
-    elif use_cells:
-        if "cell_id" not in names:
-            raise MintError(f"{sid} {tpath}: no cell_id column and no {paths.cell_seg.name}")
-        sums = np.zeros((1 << 16, 3), np.float64)
-        for batch in _iter_batches(
-            pf, ["cell_id", "he_x", "he_y"], sid, tpath, f"{sid} cell centroids", cfg.progress
-        ):
-            idx, dictionary = _encode(batch.column("cell_id"))
-            lut = cells.lut(_normalise_ids(dictionary), grow=True)
-            cid = np.where(idx >= 0, lut[np.maximum(idx, 0)], -1)
-            x, y = _float_col(batch, "he_x"), _float_col(batch, "he_y")
-            ok = (cid >= 0) & np.isfinite(x) & np.isfinite(y)
-            if len(cells.names) > len(sums):
-                sums = np.concatenate(
-                    [sums, np.zeros((max(len(cells.names), 2 * len(sums)) - len(sums), 3))]
-                )
-            np.add.at(sums, (cid[ok], 0), x[ok])
-            np.add.at(sums, (cid[ok], 1), y[ok])
-            np.add.at(sums, (cid[ok], 2), 1.0)
-        sums = sums[: len(cells.names)]
-        cents = sums[:, :2] / np.maximum(sums[:, 2:3], 1)
-        cell_source = "transcripts"
     if cell_source:
         cell_grid = grid_index(cents[:, 0], cents[:, 1])
         n_cells_outside = int((cell_grid < 0).sum())
@@ -628,7 +608,6 @@ def xenium_targets(
         g = grid_index(x, y)
         inside = g >= 0
         n_tx_outside += int((~inside).sum())
-        coverage += np.bincount(g[inside], minlength=n_grid)
         ok = gid >= 0
         control = ok & ~gene_ok[np.maximum(gid, 0)]
         n_control += int(control.sum())
@@ -638,6 +617,9 @@ def xenium_targets(
             low = ok & ~(qv >= cfg.min_qv)
             n_low_qv += int(low.sum())
             ok &= ~low
+        # Only counted transcripts make a patch "covered": controls and low-qv ones are noise
+        # that also lands outside the capture area's real signal.
+        coverage += np.bincount(g[inside & ok], minlength=n_grid)
         if use_cells:
             cidx, cdict = _encode(batch.column("cell_id"))
             cnames = _normalise_ids(cdict)
@@ -728,6 +710,26 @@ def xenium_targets(
             cell_source=cell_source,
         ),
     )
+
+
+def in_slide_tissue(
+    mask: TissueMask, tops: np.ndarray, side: float, width: float, height: float
+) -> np.ndarray:
+    """Tissue fraction of each square patch, counting only its part inside the slide.
+
+    The mask's last pixels and the contours can reach past the slide edge, and grid patches of
+    the last row and column overhang it; that area is never tissue (the patch pixels there are
+    padding), so the box is clipped to the slide and the tissue area divided by the full patch.
+    """
+    tops = np.asarray(tops, np.float64)
+    w = np.clip(np.minimum(tops[:, 0] + side, width) - tops[:, 0], 0, None)
+    h = np.clip(np.minimum(tops[:, 1] + side, height) - tops[:, 1], 0, None)
+    out = np.zeros(len(tops), np.float32)
+    ok = (w > 0) & (h > 0)
+    if ok.any():
+        boxes = np.column_stack([tops[ok], w[ok], h[ok]])
+        out[ok] = mask.fractions(boxes) * (w[ok] * h[ok] / (side * side))
+    return out
 
 
 def _h5ad_genes(path: Path) -> list[str]:

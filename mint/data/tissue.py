@@ -1,7 +1,11 @@
 """Tissue masks: which parts of a slide are tissue, and how much of a patch is tissue.
 
 HEST ships tissue contours for every sample (``tissue_seg/{id}_contours.geojson``, polygons in
-level-0 pixels, holes included); they are rasterised onto a coarse grid (default 4 um/px, so a
+level-0 pixels, holes included). Two formats exist: the current one stores holes as polygon
+interiors; the older one (a list of Features, one MultiPolygon per tissue piece whose polygons
+are exterior rings only) lists the indices of the polygons that are holes under the Feature's
+``hole`` property. Both are read, and holes are subtracted (never filled as tissue). They are
+rasterised onto a coarse grid (default 4 um/px, so a
 112 um patch spans 28 x 28 mask pixels). Without contours the mask comes from a thumbnail at the
 same resolution: Otsu's threshold on HSV saturation (stained tissue is coloured, glass is grey or
 white), which is what HEST and CLAM use as their fallback.
@@ -81,6 +85,13 @@ def _iter_polygons(obj) -> list:
     if kind == "FeatureCollection":
         return _iter_polygons(obj.get("features", []))
     if kind == "Feature":
+        holes = (obj.get("properties") or {}).get("hole")
+        if (
+            isinstance(holes, list)
+            and holes
+            and (obj.get("geometry") or {}).get("type") == ("MultiPolygon")
+        ):
+            return _old_format_feature(obj["geometry"], holes)
         return _iter_polygons(obj.get("geometry"))
     if kind == "GeometryCollection":
         return _iter_polygons(obj.get("geometries", []))
@@ -88,6 +99,31 @@ def _iter_polygons(obj) -> list:
         geom = shape(obj)
         return list(geom.geoms) if geom.geom_type == "MultiPolygon" else [geom]
     return []
+
+
+def _old_format_feature(geometry: dict, holes: list) -> list:
+    """HEST's older contour format: polygons listed in `holes` are cut out of the others."""
+    import shapely
+    from shapely.geometry import Polygon
+
+    hole_set = {int(i) for i in holes}
+    tissue, cut = [], []
+    for i, coords in enumerate(geometry.get("coordinates", [])):
+        poly = shapely.make_valid(Polygon(coords[0], coords[1:]))
+        (cut if i in hole_set else tissue).append(poly)
+    geom = shapely.union_all(tissue)
+    if cut:
+        geom = geom.difference(shapely.union_all(cut))
+    return _polygons_of(geom)
+
+
+def _polygons_of(geom) -> list:
+    """The non-empty polygons of any shapely geometry (multi-parts and collections flattened)."""
+    if geom.is_empty:
+        return []
+    if geom.geom_type == "Polygon":
+        return [geom]
+    return [p for g in getattr(geom, "geoms", []) for p in _polygons_of(g)]
 
 
 def mask_from_geojson(path: Path, wsi: WSI, mask_um: float = DEFAULT_MASK_UM) -> TissueMask:

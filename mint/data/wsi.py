@@ -48,7 +48,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from mint.errors import MintError
+from mint.errors import MintError, show
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +66,11 @@ def check_pixel_size(value, sample_id: str, source: str) -> float:
         ps = float(value)
     except (TypeError, ValueError):
         raise MintError(
-            f"{sample_id} {source}: pixel_size_um_estimated is missing or not a number ({value!r})"
+            f"{sample_id} {source}: pixel_size_um_estimated is missing or not a number ({show(value)})"
         ) from None
     if not math.isfinite(ps) or ps <= 0:
         raise MintError(
-            f"{sample_id} {source}: pixel_size_um_estimated must be a positive number, got {value!r}"
+            f"{sample_id} {source}: pixel_size_um_estimated must be a positive number, got {show(value)}"
         )
     return ps
 

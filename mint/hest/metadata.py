@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from mint.errors import MintError
+from mint.errors import MintError, one_line, show
+from mint.safe import check_name
 
 REQUIRED_COLUMNS: list[str] = [
     "id",
@@ -85,8 +86,8 @@ def read_metadata(path: str | os.PathLike) -> pd.DataFrame:
         df = pd.read_csv(path, encoding="utf-8-sig", dtype={"id": str, "patient": str})
     except Exception as exc:  # noqa: BLE001 - any parse failure becomes one clear line
         raise MintError(
-            f"{path}: cannot read metadata CSV ({exc.__class__.__name__}: {exc})"
-        ) from exc
+            f"{path}: cannot read metadata CSV ({exc.__class__.__name__}: {one_line(exc)})"
+        ) from None
     df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
@@ -95,6 +96,9 @@ def read_metadata(path: str | os.PathLike) -> pd.DataFrame:
             + (f" (and {', '.join(missing[1:])})" if len(missing) > 1 else "")
         )
     df["id"] = df["id"].astype(str).str.strip()
+    # Ids become file names (wsis/{id}.tif, results/tiles/{id}.h5): '../x' would escape.
+    for row, value in enumerate(df["id"]):
+        check_name(value, "sample id", f"{path} line {row + 2}")
     dup = df["id"][df["id"].duplicated()]
     if len(dup):
         raise MintError(f"{path}: duplicate sample id {dup.iloc[0]!r}")
@@ -104,6 +108,7 @@ def read_metadata(path: str | os.PathLike) -> pd.DataFrame:
 
 def sample_row(df: pd.DataFrame, sample_id: str) -> pd.Series:
     """The metadata row of one sample; MintError naming the id and the file if it is unknown."""
+    check_name(sample_id, "sample id", "--sample")
     hit = df.index[df["id"] == str(sample_id)]
     if len(hit) == 0:
         src = df.attrs.get("path", "metadata")
@@ -119,7 +124,8 @@ def pixel_size_of(row: pd.Series) -> float:
         v = float("nan")
     if not v > 0:
         raise MintError(
-            f"{row['id']} metadata: invalid pixel_size_um_estimated {row['pixel_size_um_estimated']!r}"
+            f"{row['id']} metadata: invalid pixel_size_um_estimated "
+            f"{show(row['pixel_size_um_estimated'])}"
         )
     return v
 

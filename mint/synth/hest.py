@@ -8,8 +8,13 @@ minutes and must exercise the same code as real data. So every file mirrors HEST
     metadata/{id}.json                      the metadata row
     tissue_seg/{id}_contours.geojson        tissue polygons, level-0 px (FeatureCollection)
     transcripts/{id}_transcripts.parquet    Xenium: feature_name, he_x, he_y, qv, cell_id, ...
-    xenium_seg/{id}_xenium_cell_seg.parquet Xenium: one polygon (WKB 'geometry') per cell_id
+    xenium_seg/{id}_xenium_cell_seg.parquet Xenium: one polygon (WKB 'geometry') per cell, the
+                                            cell id as the pandas index (HEST's geopandas form)
     HEST_metadata.csv                       every sample, HEST columns
+
+The h5ad carries ``uns['spatial']['ST']`` (thumbnail and scale factors), which HEST's own reader
+requires. Other forms real HEST files take can be written on request (``variants``, see
+`FORMAT_VARIANTS`), so the readers are tested on each of them.
 
 and a HEST-Bench look-alike (<TASK>/adata, patches, splits, var_50genes.json).
 
@@ -371,6 +376,30 @@ def _xenium_id(n: np.ndarray) -> np.ndarray:
     return np.array(out, dtype=object)
 
 
+#: Real-file forms the writer can produce besides the current HEST one (``variants=``):
+#:   contours_old       tissue contours in HEST's older format: a list of Features, one
+#:                      MultiPolygon of exterior rings each, holes listed under 'hole'
+#:   int_cell_ids       integer cell ids (-1 = unassigned) in transcripts and segmentation
+#:   bytes_names        cell ids and gene names stored as bytes
+#:   null_ids_geometry  unassigned transcripts with a null cell id, plus a GeoParquet point
+#:                      'geometry' column in the transcript table
+#:   seg_id_column      segmentation with 'cell_id' as a plain column (not the index)
+FORMAT_VARIANTS = (
+    "contours_old",
+    "int_cell_ids",
+    "bytes_names",
+    "null_ids_geometry",
+    "seg_id_column",
+)
+
+
+def _check_variants(variants) -> set[str]:
+    bad = [v for v in variants if v not in FORMAT_VARIANTS]
+    if bad:
+        raise MintError(f"synthetic format variant {bad[0]!r} unknown; known: {FORMAT_VARIANTS}")
+    return set(variants)
+
+
 @dataclass
 class XeniumData:
     cells: dict[str, np.ndarray]  # x, y (um), type, cell_radius, ...
@@ -479,6 +508,14 @@ def _write_h5ad(
     var = pd.DataFrame(index=pd.Index(genes))
     adata = ad.AnnData(X=sp.csr_matrix(counts.astype(np.float32)), obs=obs.copy(), var=var)
     adata.obsm["spatial"] = np.asarray(spatial, np.float64)
+    # HEST's reader requires uns['spatial']['ST'] (a small thumbnail and its scale factors).
+    adata.uns["spatial"] = {
+        "ST": {
+            "images": {"downscaled_fullres": np.full((8, 8, 3), 255, np.uint8)},
+            "scalefactors": {"tissue_downscaled_fullres_scalef": 0.01},
+            "metadata": {},
+        }
+    }
     with atomic_path(path) as tmp:
         adata.write_h5ad(tmp)
 
@@ -608,7 +645,9 @@ def _tissue_geojson(spec: SampleSpec, model: SlideModel) -> dict:
     return {"type": "FeatureCollection", "features": feats}
 
 
-def _write_cell_seg(path: Path, spec: SampleSpec, xd: XeniumData) -> None:
+def _write_cell_seg(
+    path: Path, spec: SampleSpec, xd: XeniumData, variants: set[str] = frozenset()
+) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
     import shapely
@@ -635,12 +674,81 @@ def _write_cell_seg(path: Path, spec: SampleSpec, xd: XeniumData) -> None:
         "primary_column": "geometry",
         "columns": {"geometry": {"encoding": "WKB", "geometry_types": ["Polygon"]}},
     }
-    table = pa.table(
-        {"cell_id": pa.array(xd.cell_ids.astype(str)), "geometry": pa.array(list(wkb), pa.binary())}
-    )
-    table = table.replace_schema_metadata({b"geo": json.dumps(geo_meta).encode()})
+    if "int_cell_ids" in variants:
+        ids = list(range(n))
+    elif "bytes_names" in variants:
+        ids = [c.encode() for c in xd.cell_ids.astype(str)]
+    else:
+        ids = list(xd.cell_ids.astype(str))
+    if "seg_id_column" in variants:
+        df = pd.DataFrame({"cell_id": ids, "geometry": list(wkb)})
+        table = pa.Table.from_pandas(df, preserve_index=False)
+    else:
+        # geopandas writes the GeoDataFrame's unnamed index (HEST: the cell id) as the pandas
+        # index column __index_level_0__
+        df = pd.DataFrame({"geometry": list(wkb)}, index=pd.Index(ids))
+        table = pa.Table.from_pandas(df, preserve_index=True)
+    meta = dict(table.schema.metadata or {})
+    meta[b"geo"] = json.dumps(geo_meta).encode()
+    table = table.replace_schema_metadata(meta)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
+
+
+def _transcript_variants(df: pd.DataFrame, xd: XeniumData, variants: set[str]):
+    """The transcript table in the requested real-file form (a pyarrow Table)."""
+    import pyarrow as pa
+
+    df = df.copy()
+    unassigned = df["cell_id"].to_numpy() == "UNASSIGNED"
+    if "int_cell_ids" in variants:
+        pos = {c: i for i, c in enumerate(xd.cell_ids.astype(str))}
+        df["cell_id"] = np.array(
+            [-1 if u else pos[c] for c, u in zip(df["cell_id"], unassigned, strict=True)]
+        )
+    elif "bytes_names" in variants:
+        df["cell_id"] = [c.encode() for c in df["cell_id"]]
+    if "bytes_names" in variants:
+        df["feature_name"] = [g.encode() for g in df["feature_name"]]
+    if "null_ids_geometry" in variants:
+        df["cell_id"] = df["cell_id"].astype(object).where(~unassigned, None)
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    if "null_ids_geometry" in variants:
+        import shapely
+
+        pts = shapely.points(df["he_x"].to_numpy(), df["he_y"].to_numpy())
+        table = table.append_column("geometry", pa.array(list(shapely.to_wkb(pts)), pa.binary()))
+        geo = {
+            "version": "1.0.0",
+            "primary_column": "geometry",
+            "columns": {"geometry": {"encoding": "WKB", "geometry_types": ["Point"]}},
+        }
+        meta = dict(table.schema.metadata or {})
+        meta[b"geo"] = json.dumps(geo).encode()
+        table = table.replace_schema_metadata(meta)
+    return table
+
+
+def _old_format_contours(fc: dict) -> list:
+    """HEST's older contour file: one Feature per tissue piece, a MultiPolygon of exterior
+    rings (holes as polygons of their own) and the hole indices under 'hole'."""
+    out = []
+    for k, feat in enumerate(fc["features"]):
+        rings = feat["geometry"]["coordinates"]
+        polys = [[rings[0]]] + [[r] for r in rings[1:]]
+        out.append(
+            {
+                "type": "Feature",
+                "id": f"tissue-{k}",
+                "geometry": {"type": "MultiPolygon", "coordinates": polys},
+                "properties": {
+                    "objectType": "annotation",
+                    "classification": {"name": str(k), "color": [255, 0, 0]},
+                    "hole": list(range(1, len(rings))),
+                },
+            }
+        )
+    return out
 
 
 # --------------------------------------------------------------------------- one sample
@@ -653,8 +761,13 @@ def generate_sample(
     n_xenium: int = 2,
     slide_size_um: float = 1600.0,
     n_genes: int = 300,
+    variants: tuple[str, ...] = (),
 ) -> list[Path]:
-    """Write one synthetic sample in HEST layout under `out_dir`; returns the files written."""
+    """Write one synthetic sample in HEST layout under `out_dir`; returns the files written.
+
+    `variants` (names from `FORMAT_VARIANTS`) writes the same data in other real-file forms.
+    """
+    variant_set = _check_variants(variants)
     cfg = SynthConfig(seed, n_visium, n_st, n_xenium, float(slide_size_um), n_genes)
     spec = spec_of(cfg, sample_id)
     gm = gene_model(cfg.seed, cfg.n_genes)
@@ -668,10 +781,12 @@ def generate_sample(
         obs, spatial, counts, genes = _pseudo_spots(xd.transcripts, spec.pixel_size_um)
         p = out / "transcripts" / f"{sid}_transcripts.parquet"
         with atomic_path(p) as tmp:
-            xd.transcripts.to_parquet(tmp, index=False)
+            import pyarrow.parquet as pq
+
+            pq.write_table(_transcript_variants(xd.transcripts, xd, variant_set), tmp)
         written.append(p)
         p = out / "xenium_seg" / f"{sid}_xenium_cell_seg.parquet"
-        _write_cell_seg(p, spec, xd)
+        _write_cell_seg(p, spec, xd, variant_set)
         written.append(p)
         n_genes_sample = len(gm.xenium)
     else:
@@ -682,7 +797,10 @@ def generate_sample(
     written.append(p)
 
     p = out / "tissue_seg" / f"{sid}_contours.geojson"
-    write_json(p, _tissue_geojson(spec, model), indent=None)
+    contours = _tissue_geojson(spec, model)
+    if "contours_old" in variant_set:
+        contours = _old_format_contours(contours)
+    write_json(p, contours, indent=None)
     written.append(p)
 
     row = _metadata_row(spec, n_genes_sample, _spots_under_tissue(spec, model))

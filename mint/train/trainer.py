@@ -571,6 +571,10 @@ def _train(
     stop: StopSignals,
 ) -> Path | None:
     index = read_index(index_path)
+    # Damaged or truncated shards: one line naming the file, before anything is written.
+    from mint.data.shards import verify_shards
+
+    verify_shards(index_path)
     for m in index.modalities:
         modality_weight(cfg, m)  # MintError for an unknown modality
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -707,6 +711,7 @@ def _train(
         )
     images_per_step = cfg.batch_size * ctx.world_size
     t_last, steps_since = time.perf_counter(), 0
+    paused[0] = 0.0  # step-0 validation ran before t_last: not part of the first window
     it = in_order(loader, start_step)
     step = start_step
     try:

@@ -228,16 +228,21 @@ def bench_source_args():
 
 
 def tile_inputs(wildcards):
-    """Slide, spots and metadata; plus the transcript table of a Xenium sample."""
+    """Every file tiling reads (a restored or changed one re-tiles): slide, spots, metadata,
+    tissue contours; for Xenium the transcripts and (cell targets) the cell segmentation.
+    """
     s = wildcards.sample
     inputs = {
         "wsi": f"{HEST}/wsis/{s}.tif",
         "st": f"{HEST}/st/{s}.h5ad",
         "meta": f"{HEST}/metadata/{s}.json",
+        "contours": f"{HEST}/tissue_seg/{s}_contours.geojson",
         "metadata": METADATA_CSV,
     }
     if s in XENIUM_SAMPLES:
         inputs["transcripts"] = f"{HEST}/transcripts/{s}_transcripts.parquet"
+        if config["tile"]["xenium_target"] == "cells":
+            inputs["cell_seg"] = f"{HEST}/xenium_seg/{s}_xenium_cell_seg.parquet"
     return inputs
 
 

@@ -30,6 +30,7 @@ rule download_sample:
         wsi=f"{HEST}/wsis/{{sample}}.tif",
         st=f"{HEST}/st/{{sample}}.h5ad",
         meta=f"{HEST}/metadata/{{sample}}.json",
+        contours=f"{HEST}/tissue_seg/{{sample}}_contours.geojson",
     log:
         "logs/download/{sample}.log",
     wildcard_constraints:
@@ -49,16 +50,29 @@ rule download_sample:
         DOWNLOAD_CMD
 
 
-# Xenium samples also bring their transcripts, which tiling reads: declared, so a missing or
-# updated table is fetched again and re-tiled.
+# Xenium samples also bring their transcripts and (cell targets) the cell segmentation, which
+# tiling reads: declared, so a missing or updated file is fetched again and re-tiled.
+XENIUM_CELLS = config["tile"]["xenium_target"] == "cells"
+
+
 use rule download_sample as download_xenium_sample with:
     output:
+        **(
+            {"cell_seg": f"{HEST}/xenium_seg/{{sample}}_xenium_cell_seg.parquet"}
+            if XENIUM_CELLS
+            else {}
+        ),
         wsi=f"{HEST}/wsis/{{sample}}.tif",
         st=f"{HEST}/st/{{sample}}.h5ad",
         meta=f"{HEST}/metadata/{{sample}}.json",
+        contours=f"{HEST}/tissue_seg/{{sample}}_contours.geojson",
         transcripts=f"{HEST}/transcripts/{{sample}}_transcripts.parquet",
     wildcard_constraints:
         sample=one_of(XENIUM_SAMPLES),
+    params:
+        hest=folder_of("wsi", up=2, of="output"),
+        source=SOURCE,
+        extra=download_source_args() + ("" if XENIUM_CELLS else " --no-cell-seg"),
 
 
 rule download_bench_task:

@@ -51,7 +51,9 @@ rule shards:
         opts=(
             f"--samples-per-shard {SHARDS['samples_per_shard']} "
             f"--val-fraction {SHARDS['val_fraction']} --seed {SHARDS['seed']} "
-            f"--jpeg-quality {SHARDS['jpeg_quality']}"
+            f"--jpeg-quality {SHARDS['jpeg_quality']} "
+            f"--min-vocab-coverage {SHARDS['min_vocab_coverage']}"
+            + (" --exclude-low-coverage" if SHARDS["exclude_low_coverage"] else "")
         ),
         # Leakage guard: shards refuse any tile of a bench sample.
         tasks=" ".join(BENCH_TASKS),
