@@ -88,11 +88,11 @@ def pretrain_config(params: dict, arch: str):
             f"pretrain --params: {', '.join(clash)} are fixed for self-supervised pretraining "
             f"({json.dumps(PRETRAIN_FIXED)})"
         )
-    merged = {"backbone": arch, "w_dino": 1.0, **params, **PRETRAIN_FIXED}
-    cfg = TrainConfig.from_dict(merged, source="pretrain --params")
-    if cfg.w_dino <= 0:
+    w_dino = params.get("w_dino", 1.0)
+    if not isinstance(w_dino, int | float) or w_dino <= 0:
         raise MintError("pretrain --params: w_dino must be > 0 (DINO is the only loss)")
-    return cfg
+    merged = {"backbone": arch, "w_dino": 1.0, **params, **PRETRAIN_FIXED}
+    return TrainConfig.from_dict(merged, source="pretrain --params")
 
 
 def export_backbone(run_dir: Path, out: Path) -> Path:
