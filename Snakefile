@@ -31,9 +31,11 @@ include: "workflow/rules/download.smk"
 include: "workflow/rules/select.smk"
 include: "workflow/rules/tile.smk"
 include: "workflow/rules/shards.smk"
+include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/bench.smk"
 include: "workflow/rules/eva.smk"
+include: "workflow/rules/drift.smk"
 include: "workflow/rules/report.smk"
 
 

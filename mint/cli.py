@@ -24,11 +24,13 @@ VERBS: dict[str, tuple[str, str]] = {
     "tile": ("mint.data.tiling", "cut one sample into 224 px patches with expression targets"),
     "vocab": ("mint.data.vocab", "build the visium and xenium gene vocabularies"),
     "shards": ("mint.data.shards", "write globally shuffled WebDataset shards"),
+    "pretrain": ("mint.synth.pretrain", "pretrain the demo's base ViT self-supervised (DINO)"),
     "train": ("mint.train.cli", "MINT fine-tuning (DDP through torchrun)"),
     "embed": ("mint.bench.embed", "embed HEST-Bench patches with a model"),
     "probe": ("mint.bench.probe", "HEST-Bench ridge probe for one model and task"),
     "bench-summary": ("mint.bench.summary", "collect HEST-Bench results into one table"),
     "eva": ("mint.eva.cli", "run kaiko-eva: render configs, predict, fit, collect, summarise"),
+    "drift": ("mint.eval.drift", "forgetting: CKA drift and morphology score of a run"),
     "report": ("mint.report.html", "write the HTML report"),
 }
 

@@ -376,11 +376,11 @@ def test_collect_and_summary(tmp_path):
 def test_make_synthetic_and_dataset(tmp_path):
     from mint.eva.dataset import SyntheticTissuePatches
     from mint.eva.synthetic import make_synthetic
-    from mint.synth.tissue import CELL_TYPES
+    from mint.synth.morphology import VARIANTS
 
     root = tmp_path / "synthetic"
     manifest = make_synthetic(root, patches_per_class=2, seed=3, size_px=32)
-    assert manifest["classes"] == list(CELL_TYPES)
+    assert manifest["classes"] == list(VARIANTS)
     first = (root / "train" / manifest["folders"][0] / "00000.png").read_bytes()
     make_synthetic(tmp_path / "again", patches_per_class=2, seed=3, size_px=32)
     assert (
@@ -391,11 +391,11 @@ def test_make_synthetic_and_dataset(tmp_path):
         ds = SyntheticTissuePatches(str(root), split)
         ds.prepare_data()
         ds.setup()  # eva's configure + validate
-        assert len(ds) == 2 * len(CELL_TYPES)
+        assert len(ds) == 2 * len(VARIANTS)
         image, target, _ = ds[len(ds) - 1]
-        assert image.shape == (3, 32, 32) and int(target) == len(CELL_TYPES) - 1
+        assert image.shape == (3, 32, 32) and int(target) == len(VARIANTS) - 1
         names |= {ds.filename(i) for i in range(len(ds))}
-    assert len(names) == 3 * 2 * len(CELL_TYPES)  # unique across splits (embeddings file names)
+    assert len(names) == 3 * 2 * len(VARIANTS)  # unique across splits (embeddings file names)
     (root / "val" / manifest["folders"][1] / "00001.png").unlink()
     ds = SyntheticTissuePatches(str(root), "val")
     with pytest.raises(ValueError, match="records"):

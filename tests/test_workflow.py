@@ -241,6 +241,10 @@ def test_ablation_runs_are_each_trained_benchmarked_and_reported(tmp_path):
     assert counts["embed"] == counts["probe"] == n_models * 2
     assert counts["eva_fit"] == n_models
     assert counts["report"] == 1
+    assert counts["drift_run"] == 3 and counts["pretrain"] == 1
+    # every run starts from the pretrained base, loaded as a local checkpoint
+    assert '"backbone": "tiny-vit@results/pretrain/tiny-vit.safetensors"' in proc.stdout
+    assert "--base tiny-vit-pretrained" in proc.stdout
     assert '"w_dino": 0.0' in proc.stdout and '"st_token": false' in proc.stdout
     runs = re.search(r"--runs ((?:\S+ )+)--base", proc.stdout).group(1).split()
     metrics = re.search(r"--metrics ((?:\S+ )+)--runs", proc.stdout).group(1).split()
@@ -297,7 +301,15 @@ def test_demo_runs_to_a_self_contained_report(demo_run):
     page = (demo_run / "results/report/index.html").read_text()
     parser = _PageParser()
     parser.feed(page)
-    assert {"hest-bench", "eva", "training", "samples", "examples"} <= set(parser.sections)
+    assert {
+        "ablations",
+        "hest-bench",
+        "eva",
+        "training",
+        "samples",
+        "examples",
+        "provenance",
+    } <= set(parser.sections)
     assert parser.tables >= 6
     assert len(parser.images) >= 5
     for src in parser.images:
@@ -308,6 +320,34 @@ def test_demo_runs_to_a_self_contained_report(demo_run):
     assert "http://" not in page and "https://" not in page
     figures = sorted(p.name for p in (demo_run / "results/report/figures").glob("*.png"))
     assert "hest_bench.png" in figures and "eva.png" in figures
+    assert {"hest_bench_error_bars.png", "training_runs.png", "training_pretrain.png"} <= set(
+        figures
+    )
+    # the ablation table: base plus the four runs, with HEST-Bench, EVA and CKA drift
+    for name in ("tiny-vit-pretrained", "mint-no-dino", "mint-no-anchor", "finetune"):
+        assert name in text
+    for heading in ("Ablation table", "CKA to base", "fold std", "Paired per-gene", "(ours)"):
+        assert heading in text, heading
+    for key in ("git commit", "config hash", "torch", "timm", "device", "date (UTC)"):
+        assert key in text, key
+
+
+@pytest.mark.slow
+def test_demo_drift_and_pretrained_base(demo_run):
+    """Every run has drift.json against the pretrained base; the base is a real checkpoint."""
+    import json
+
+    from mint.models.backbones import build_backbone
+
+    ckpt = demo_run / "results/pretrain/tiny-vit.safetensors"
+    assert ckpt.is_file()
+    build_backbone(f"tiny-vit@{ckpt}", pretrained=True)  # loads strictly
+    for run in ("mint", "mint-no-dino", "mint-no-anchor", "finetune"):
+        rec = json.loads((demo_run / f"results/models/{run}/drift.json").read_text())
+        assert 0.0 <= rec["linear_cka"] <= 1.0 + 1e-9 and -1 <= rec["mean_cosine"] <= 1
+        assert rec["base"] == "tiny-vit@results/pretrain/tiny-vit.safetensors"
+        morph = rec["morphology"]
+        assert 0.0 <= morph["run"] <= 1.0 and 0.0 <= morph["base"] <= 1.0
 
 
 @pytest.mark.slow
@@ -326,13 +366,15 @@ def test_changing_a_training_hyperparameter_reruns_training_and_evaluation_only(
     path.write_text(yaml.safe_dump(cfg))
     proc = run_snakemake(["-n", "--cores", "2", "--configfile", str(path)], demo_run)
     counts = job_counts(proc.stdout)
-    assert counts.get("train_run") == 1
+    n_runs = len(cfg["train"]["runs"])
+    assert counts.get("train_run") == n_runs
     upstream = {"download_sample", "tile_sample", "vocab", "shards", "select", "synth_metadata"}
-    assert not upstream & set(counts), counts
+    assert not (upstream | {"pretrain"}) & set(counts), counts
     # The base model's evaluations do not depend on training and must not rerun.
-    assert counts.get("embed") == len(
+    assert counts.get("embed") == n_runs * len(
         [t for t in (demo_run / "resources/hest-bench").iterdir() if t.is_dir()]
     )
+    assert counts.get("drift_run") == n_runs
 
 
 @pytest.mark.slow
@@ -344,7 +386,7 @@ def test_demo_mint_beats_base_on_synthetic_hest_bench(demo_run):
     df = pd.read_csv(demo_run / "results/bench/summary.csv")
     tasks = [c for c in df.columns if c.startswith("SYNTH_")]
     assert len(tasks) == 2
-    base = df[(df["model"] == "tiny-vit") & (df["variant"] == "cls")].iloc[0]
+    base = df[(df["model"] == "tiny-vit-pretrained") & (df["variant"] == "cls")].iloc[0]
     mint = df[df["model"] == "mint"].set_index("variant")
     best = max(mint.at["st", "average"], mint.at["cls+st", "average"])
     assert best > base["average"] + 0.02, (best, base["average"])
@@ -361,7 +403,13 @@ def test_demo_eva_results_come_from_eva(demo_run):
     import pandas as pd
 
     summary = pd.read_csv(demo_run / "results/eva/summary.csv").set_index("model")
-    assert set(summary.index) == {"tiny-vit", "mint"}
+    assert set(summary.index) == {
+        "tiny-vit-pretrained",
+        "mint",
+        "mint-no-dino",
+        "mint-no-anchor",
+        "finetune",
+    }
     for model in summary.index:
         status = json.loads((demo_run / f"results/eva/{model}/synthetic/status.json").read_text())
         assert status["status"] == "ok"

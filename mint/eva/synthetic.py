@@ -1,8 +1,10 @@
-"""The demo's eva task: patches of synthetic tissue, one class per tissue type.
+"""The demo's eva task: patches of synthetic tissue, one class per nuclear variant.
 
-The images come from the same procedural tissue generator as the synthetic HEST slides
-(`mint.synth.tissue.render_patch`), so the classes differ only in morphology (nuclei shape,
-density, colour and texture) and a better pathology encoder separates them better.
+The images come from the same procedural tissue generator as the synthetic HEST slides, but the
+class is a nuclear variant (nucleus size and chromatin texture, `mint.synth.morphology.VARIANTS`)
+drawn independently of the tissue's cell-type mix. The synthetic expression depends on that mix
+only, so this task measures morphology that expression cannot explain: what a fine-tune on
+expression keeps of the base model's morphology, not what it learnt from the expression.
 
 On disk the task uses the image-folder layout of eva's patch datasets (CRC, BACH):
 
@@ -54,13 +56,11 @@ def make_synthetic(
     """
     from PIL import Image
 
-    from mint.synth.tissue import CELL_TYPES, render_patch
+    from mint.synth.morphology import VARIANTS, morphology_patch
 
     if patches_per_class < 1:
         raise MintError(f"synthetic eva task {out}: --patches-per-class must be >= 1")
-    if len(CELL_TYPES) < 2:
-        raise MintError("synthetic eva task: mint.synth.tissue.CELL_TYPES has fewer than 2 types")
-    classes = [str(c) for c in CELL_TYPES]
+    classes = [str(c) for c in VARIANTS]
     folders = [_folder_name(c) for c in classes]
     if len(set(folders)) != len(folders):
         folders = [f"{i:02d}_{f}" for i, f in enumerate(folders)]
@@ -73,6 +73,7 @@ def make_synthetic(
         "seed": seed,
         "size_px": size_px,
         "pixel_size_um": pixel_size_um,
+        "labels": "nuclear variant, independent of the cell-type mix that drives expression",
     }
     bar = tqdm(
         total=len(SPLITS) * len(classes) * patches_per_class,
@@ -86,11 +87,11 @@ def make_synthetic(
                 class_dir.mkdir(parents=True)
                 for i in range(patches_per_class):
                     rng = np.random.default_rng([seed, s_idx, c_idx, i])
-                    img = render_patch(c_idx, size_px, pixel_size_um, rng)
+                    img, _ = morphology_patch(c_idx, size_px, pixel_size_um, rng)
                     img = np.asarray(img)
                     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
                         raise MintError(
-                            f"synthetic eva task: render_patch returned {img.dtype} "
+                            f"synthetic eva task: morphology_patch returned {img.dtype} "
                             f"{img.shape}, expected uint8 (H, W, 3)"
                         )
                     Image.fromarray(img).save(class_dir / f"{i:05d}.png")

@@ -229,9 +229,26 @@ def tiny_model_args(model_args: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_spec(name: str) -> BackboneSpec:
-    """Registry name or `timm:<arch>[@<checkpoint file>]` -> BackboneSpec."""
+    """Registry name, `<registry name>@<checkpoint file>` or `timm:<arch>[@<checkpoint file>]`.
+
+    `<registry name>@<file>` keeps the registered architecture and normalisation and loads the
+    local weights instead of the hub's (a user's own copy of UNI, or the demo's pretrained
+    `tiny-vit`); the file is a plain timm state dict (.safetensors or tensors-only .pt).
+    """
     if name in BACKBONES:
         return BACKBONES[name]
+    base, sep, ckpt = name.partition("@")
+    if sep and base in BACKBONES:
+        if not ckpt:
+            raise MintError(f"backbone {name!r}: expected {base}@<checkpoint file>")
+        return replace(
+            BACKBONES[base],
+            name=name,
+            hub_id=None,
+            checkpoint=ckpt,
+            deterministic_seed=None,
+            notes=f"{BACKBONES[base].notes}; local weights {ckpt}",
+        )
     if name.startswith("timm:"):
         rest = name[len("timm:") :]
         arch, _, ckpt = rest.partition("@")
@@ -257,7 +274,9 @@ def parse_spec(name: str) -> BackboneSpec:
             notes="timm architecture" + (f" with local weights {ckpt}" if ckpt else ""),
         )
     known = ", ".join(sorted(BACKBONES))
-    raise MintError(f"backbone {name!r}: unknown (known: {known}, or timm:<name>[@<file>])")
+    raise MintError(
+        f"backbone {name!r}: unknown (known: {known}, <name>@<file>, or timm:<name>[@<file>])"
+    )
 
 
 def _check_vit(model: nn.Module, name: str) -> nn.Module:

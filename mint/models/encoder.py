@@ -140,7 +140,7 @@ def build_encoder(
     path = Path(spec)
     if path.is_dir():
         return load_model(path, device=device)
-    if "/" in spec and not spec.startswith("timm:"):
+    if "/" in spec.partition("@")[0] and not spec.startswith("timm:"):
         raise MintError(
             f"model {spec}: no such MINT model folder (config.json + model.safetensors)"
         )

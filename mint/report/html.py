@@ -13,6 +13,7 @@ import html
 import io
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -228,37 +229,226 @@ def eva_section(summary_csv: str, base: str, runs: list[str]) -> tuple[Section, 
     return sec, figs
 
 
-def training_section(metrics: list[str], runs: list[str]) -> tuple[Section, list[Figure]]:
+# Panels of the training curves: each compares like with like (the same term on train and
+# held-out data); DINO and anchoring get their own panels, the total loss (a sum of terms whose
+# mix differs between train and val) is left out.
+CURVE_PANELS = [
+    ("loss_visium", "visium regression (MSE)"),
+    ("loss_xenium", "xenium regression (MSE)"),
+    ("loss_dino", "DINO (cross-entropy)"),
+    ("loss_anchor", "anchor (1 - cos)"),
+    ("teacher_entropy", "DINO teacher entropy"),
+    ("dino_kl", "DINO student-teacher KL"),
+]
+
+
+def _dino_k(run_dir: Path) -> int | None:
+    try:
+        cfg = json.loads((run_dir / "config.json").read_text())
+        return int(cfg["train"]["dino_prototypes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _entropy_column(df: pd.DataFrame) -> str | None:
+    for name in ("teacher_entropy", "dino_teacher_entropy", "entropy_teacher"):
+        if name in df.columns and df[name].notna().any():
+            return name
+    return None
+
+
+def curves_figure(df: pd.DataFrame, title: str, k: int | None) -> plt.Figure | None:
+    """One panel per logged term, train and val of the same term in the same panel."""
+    if "split" not in df.columns:
+        df = df.assign(split="train")
+    ent = _entropy_column(df)
+    panels = []
+    for col, label in CURVE_PANELS:
+        if col == "teacher_entropy":
+            col = ent or col
+        if col in df.columns and df[col].notna().any():
+            panels.append((col, label))
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 2.8), squeeze=False)
+    for ax, (col, label) in zip(axes[0], panels, strict=True):
+        for split, style in [("train", "-"), ("val", "o-")]:
+            part = df[(df["split"] == split) & df[col].notna()]
+            if not part.empty:
+                ax.plot(part["step"], part[col], style, ms=3, lw=1, label=split)
+        if col == ent and k:
+            ax.axhline(math.log(k), color="red", ls="--", lw=0.8, label=f"ln K = {math.log(k):.2f}")
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def runs_comparison_figure(frames: dict[str, pd.DataFrame]) -> plt.Figure | None:
+    """Training curves of every run on shared panels (one per term), train split only."""
+    terms = [
+        t
+        for t, _ in CURVE_PANELS[:4]
+        if any(t in df and df[t].notna().any() for df in frames.values())
+    ]
+    if not terms:
+        return None
+    fig, axes = plt.subplots(1, len(terms), figsize=(3.2 * len(terms), 2.8), squeeze=False)
+    for ax, term in zip(axes[0], terms, strict=True):
+        for run, df in frames.items():
+            if term not in df:
+                continue
+            split = df["split"] if "split" in df else pd.Series("train", index=df.index)
+            part = df[(split == "train") & df[term].notna()]
+            if not part.empty:
+                ax.plot(part["step"], part[term], lw=1, label=run)
+        ax.set_title(dict(CURVE_PANELS)[term] + " (train)", fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("All runs, same terms", fontsize=10)
+    return fig
+
+
+def training_section(
+    metrics: list[str], runs: list[str], pretrain_metrics: str | None = None
+) -> tuple[Section, list[Figure]]:
+    from mint.report.ablation import health_summary, read_health
+
     sec = Section("Training curves", "training")
+    sec.blocks.append(
+        "<p>Each panel is one loss term, training (line) and held-out (dots) values of the same "
+        "term. DINO and anchoring have their own panels (they are not computed on the held-out "
+        "data). A DINO teacher entropy at ln K (dashed) means a uniform, collapsed teacher.</p>"
+    )
     figs = []
+    frames = {}
+    if pretrain_metrics and Path(pretrain_metrics).is_file():
+        df = _read_csv(pretrain_metrics, "metrics of the pretraining run")
+        fig = curves_figure(
+            df, "pretraining of the base model (DINO only)", _dino_k(Path(pretrain_metrics).parent)
+        )
+        if fig is not None:
+            f = Figure("training_pretrain", "Pretraining of the demo base model", _fig_to_png(fig))
+            figs.append(f)
+            sec.blocks.append("<h3>base model pretraining</h3>")
+            sec.blocks.append(_img_tag(f))
     for run, path in zip(runs, metrics, strict=True):
         df = _read_csv(path, f"metrics of run {run}")
         if "split" not in df.columns:
             df["split"] = "train"
+        frames[run] = df
+        run_dir = Path(path).parent
+        sec.blocks.append(f"<h3>{html.escape(run)}</h3>")
+        health = read_health(run_dir)
+        line = health_summary(health)
+        if health is None:
+            sec.blocks.append("<p>DINO health: no health record for this run.</p>")
+        else:
+            cls = "warning" if line.startswith("WARNING") else "ok"
+            sec.blocks.append(f'<p class="{cls}">DINO health: {html.escape(line)}</p>')
+        fig = curves_figure(df, f"run {run}", _dino_k(run_dir))
+        if fig is not None:
+            f = Figure(f"training_{run}", f"Training curves of {run}", _fig_to_png(fig))
+            figs.append(f)
+            sec.blocks.append(_img_tag(f))
         terms = [t for t in LOSS_TERMS if t in df.columns and df[t].notna().any()]
-        fig, axes = plt.subplots(1, len(terms), figsize=(3.2 * len(terms), 2.8), squeeze=False)
-        for ax, term in zip(axes[0], terms, strict=True):
-            for split, style in [("train", "-"), ("val", "o-")]:
-                part = df[(df["split"] == split) & df[term].notna()]
-                if not part.empty:
-                    ax.plot(part["step"], part[term], style, ms=3, lw=1, label=split)
-            ax.set_title(term, fontsize=9)
-            ax.set_xlabel("step", fontsize=8)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-        fig.suptitle(f"run {run}", fontsize=10)
-        f = Figure(f"training_{run}", f"Training curves of {run}", _fig_to_png(fig))
-        figs.append(f)
         train = df[df["split"] == "train"]
         last = train.tail(1)[["step", *[t for t in terms if t in train]]]
-        sec.blocks.append(f"<h3>{html.escape(run)}</h3>")
-        sec.blocks.append(_img_tag(f))
         sec.blocks.append(_table(last, f"Last logged training step of {run}", 4))
         val = df[df["split"] == "val"]
         if len(val) >= 1 and ({"loss_visium", "loss_xenium"} & set(val.columns)):
             cols = ["step", *[c for c in ("loss_visium", "loss_xenium") if c in val.columns]]
             sec.blocks.append(_table(val[cols], f"Held-out regression loss of {run}", 4))
+    if len(frames) > 1:
+        fig = runs_comparison_figure(frames)
+        if fig is not None:
+            f = Figure("training_runs", "All runs on the same terms", _fig_to_png(fig))
+            figs.append(f)
+            sec.blocks.insert(1, _img_tag(f))
     return sec, figs
+
+
+def ablation_section(
+    bench_results: list[str],
+    eva_csv: str | None,
+    drift_files: list[str],
+    metrics: list[str],
+    base: str,
+    runs: list[str],
+) -> tuple[Section, list[Figure]]:
+    from mint.report.ablation import (
+        ablation_table,
+        error_bar_figure,
+        leaderboard_with_ours,
+        paired_gene_table,
+        read_health,
+        read_json_or_none,
+        read_probe_results,
+    )
+
+    sec = Section("Ablations and forgetting", "ablations")
+    results = read_probe_results(bench_results)
+    eva = _read_csv(eva_csv, "EVA summary") if eva_csv else None
+    drift = {run: read_json_or_none(p) or {} for run, p in zip(runs, drift_files, strict=False)}
+    health = {run: read_health(Path(m).parent) for run, m in zip(runs, metrics, strict=False)}
+    table = ablation_table(results, eva, drift, health, base, runs)
+    sec.blocks.append(
+        "<p>The base model and every trained run on the same benchmarks. <b>HEST-Bench</b>: mean "
+        "Pearson r over the tasks (HCC excluded), of the CLS and the ST-token embedding, with the "
+        "mean over tasks of the std over folds. <b>EVA</b>: eva's average. <b>CKA / cosine to "
+        "base</b>: linear CKA and mean cosine between the base's and the run's CLS embeddings of "
+        "the held-out HEST-Bench patches (1 = nothing forgotten). <b>Morphology probe</b>: "
+        "balanced accuracy of a logistic-regression probe on CLS for the synthetic nuclear-variant "
+        "task, which the expression signal does not encode (drift stage; the same task's eva "
+        "score is in the EVA column when eva runs only that task). A forward-only check; see the "
+        "notes below for what the numbers say.</p>"
+    )
+    sec.blocks.append(_table(table, "Ablation table", 3))
+    genes = paired_gene_table(results, base, runs)
+    if not genes.empty:
+        sec.blocks.append(
+            _table(
+                genes,
+                "Paired per-gene comparison with the base model (per-gene Pearson r averaged "
+                "over folds; Δr = run - base, genes of every task)",
+                3,
+            )
+        )
+    figs = []
+    if results:
+        fig = error_bar_figure(results, [base, *runs], "cls")
+        f = Figure("hest_bench_error_bars", "HEST-Bench with fold std", _fig_to_png(fig))
+        figs.append(f)
+        sec.blocks.append(_img_tag(f))
+        lb, comparable = leaderboard_with_ours(results, base, runs)
+        note = (
+            "Our rows use the same nine tasks and protocol."
+            if comparable
+            else "Our averages are over different tasks (the demo's synthetic ones), so their "
+            "place in this table is not a comparison, only where the numbers fall."
+        )
+        sec.blocks.append(
+            _table(
+                lb, f"Published HEST-Bench leaderboard with our CLS rows (ours marked). {note}", 4
+            )
+        )
+    return sec, figs
+
+
+def provenance_section(config_hash: str | None, pretrain: str | None) -> Section:
+    from mint.report.ablation import file_digest, provenance, provenance_html
+
+    extra = {}
+    if pretrain and Path(pretrain).is_file():
+        extra["base model checkpoint (pretrain stage)"] = (
+            f"{pretrain} (sha256 {file_digest(pretrain)})"
+        )
+    sec = Section("Provenance", "provenance")
+    sec.blocks.append(provenance_html(provenance(config_hash, extra)))
+    return sec
 
 
 def selection_section(samples_tsv: str, leakage_tsv: str) -> tuple[Section, list[Figure]]:
@@ -371,6 +561,8 @@ table.data td:first-child, table.data th:first-child { text-align: left; }
 figure { margin: 1em 0; } figure img { max-width: 100%; }
 p.caption { font-weight: bold; margin-bottom: .2em; }
 nav a { margin-right: 1em; }
+p.warning { color: #b00; font-weight: bold; }
+table.provenance th { text-align: left; }
 """
 
 
@@ -389,6 +581,13 @@ def render_page(title: str, intro: str, sections: list[Section]) -> str:
     )
 
 
+def read_pretrain_record(checkpoint: str) -> dict | None:
+    """The pretrain stage's record (`<checkpoint stem>.json`: tiles, seconds, metrics path)."""
+    from mint.report.ablation import read_json_or_none
+
+    return read_json_or_none(Path(checkpoint).with_suffix(".json"))
+
+
 def build_report(args: argparse.Namespace) -> tuple[str, list[Figure]]:
     runs = list(args.runs or [])
     if len(runs) != len(args.metrics or []):
@@ -397,10 +596,18 @@ def build_report(args: argparse.Namespace) -> tuple[str, list[Figure]]:
         )
     sections: list[Section] = []
     figures: list[Figure] = []
+    drift = list(args.drift or [])
+    if drift and len(drift) != len(runs):
+        raise MintError(f"--runs ({len(runs)}) and --drift ({len(drift)}) differ in length")
+    pretrain_metrics = None
+    if args.pretrain:
+        rec = read_pretrain_record(args.pretrain)
+        pretrain_metrics = rec.get("metrics") if rec else None
     for sec, figs in [
+        ablation_section(args.bench_results or [], args.eva, drift, args.metrics, args.base, runs),
         bench_section(args.bench, args.base, runs),
         *([eva_section(args.eva, args.base, runs)] if args.eva else []),
-        training_section(args.metrics, runs)
+        training_section(args.metrics, runs, pretrain_metrics)
         if runs
         else (Section("Training curves", "training", ["<p>No runs.</p>"]), []),
         selection_section(args.samples, args.leakage),
@@ -410,6 +617,7 @@ def build_report(args: argparse.Namespace) -> tuple[str, list[Figure]]:
     ]:
         sections.append(sec)
         figures.extend(figs)
+    sections.append(provenance_section(args.config_hash, args.pretrain))
     intro = (
         f"Base model <b>{html.escape(args.base)}</b> versus MINT run(s) "
         f"<b>{html.escape(', '.join(runs) or 'none')}</b>."
@@ -432,6 +640,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--example-st", required=True, help="that slide's st/{id}.h5ad")
     p.add_argument("--metadata", required=True, help="HEST metadata CSV (pixel sizes)")
     p.add_argument("--n-example-tiles", type=int, default=6)
+    p.add_argument(
+        "--bench-results",
+        nargs="*",
+        default=[],
+        help="results/bench/{model}/{task}.json (fold std, per-gene r)",
+    )
+    p.add_argument("--drift", nargs="*", default=[], help="drift.json of each run, in --runs order")
+    p.add_argument("--pretrain", help="the demo's pretrained base checkpoint (pretrain stage)")
+    p.add_argument("--config-hash", help="hash of the resolved workflow config (provenance)")
     p.add_argument("--out", required=True, help="results/report/index.html")
     p.add_argument("--figures-dir", help="also write each figure as PNG here")
 

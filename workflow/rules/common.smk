@@ -101,8 +101,21 @@ def model_key(spec):
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", spec).strip("_")
 
 
-BASE_KEY = model_key(config["base_model"])
-MODEL_SPECS = {BASE_KEY: config["base_model"]}
+# The demo pretrains its own base model (stage `pretrain`): the checkpoint then loads through
+# `<arch>@<file>` like a user's own weights, and reports as `<arch>-pretrained`.
+PRETRAIN = config["pretrain"]
+PRETRAIN_CKPT = (
+    f"results/pretrain/{model_key(config['base_model'])}.safetensors"
+    if PRETRAIN["enabled"]
+    else None
+)
+if PRETRAIN_CKPT:
+    BASE_SPEC = f"{config['base_model']}@{PRETRAIN_CKPT}"
+    BASE_KEY = model_key(config["base_model"]) + "-pretrained"
+else:
+    BASE_SPEC = config["base_model"]
+    BASE_KEY = model_key(BASE_SPEC)
+MODEL_SPECS = {BASE_KEY: BASE_SPEC}
 for _spec in config["extra_models"]:
     MODEL_SPECS[model_key(_spec)] = _spec
 for _run in RUNS:
@@ -125,6 +138,8 @@ def model_files(wildcards):
             f"results/models/{wildcards.model}/model.safetensors",
             f"results/models/{wildcards.model}/config.json",
         ]
+    if wildcards.model == BASE_KEY and PRETRAIN_CKPT:
+        return [PRETRAIN_CKPT]
     return []
 
 
@@ -132,7 +147,7 @@ def train_params(run):
     """Everything `mint train` needs for one run, as one JSON string (a change reruns the run)."""
     params = dict(config["train"]["defaults"])
     params.update(RUNS[run] or {})
-    params.setdefault("backbone", config["base_model"])
+    params.setdefault("backbone", BASE_SPEC)
     return json.dumps(params, sort_keys=True)
 
 
@@ -295,6 +310,9 @@ def report_inputs(wildcards):
         "samples": "results/samples.tsv",
         "leakage": "results/leakage.tsv",
         "bench": "results/bench/summary.csv",
+        "bench_results": expand(
+            "results/bench/{model}/{task}.json", model=MODELS, task=BENCH_TASKS
+        ),
         "metrics": expand("results/models/{run}/metrics.csv", run=RUNS),
         "shards": "results/shards",
         "wsi": f"{HEST}/wsis/{EXAMPLE_SAMPLE}.tif",
@@ -303,4 +321,7 @@ def report_inputs(wildcards):
     }
     if config["eva"]["enabled"]:
         inputs["eva"] = "results/eva/summary.csv"
+    inputs["drift"] = expand("results/models/{run}/drift.json", run=RUNS)
+    if PRETRAIN_CKPT:
+        inputs["pretrain"] = PRETRAIN_CKPT
     return inputs

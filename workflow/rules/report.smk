@@ -1,6 +1,7 @@
 # Stage `report`: one self-contained HTML page (plots embedded) comparing the base model with
 # every trained run on HEST-Bench and EVA, with training curves and the sample selection.
 # The same figures are registered for `snakemake --report`.
+import hashlib
 
 
 rule report:
@@ -31,9 +32,19 @@ rule report:
         runs=" ".join(RUNS),
         eva=lambda wc, input: f"--eva {input.eva}" if "eva" in input.keys() else "",
         n_tiles=config["report"]["n_example_tiles"],
+        pretrain=lambda wc, input: (
+            f"--pretrain {input.pretrain}" if "pretrain" in input.keys() else ""
+        ),
+        # provenance: the resolved config (defaults filled in) as one hash
+        config_hash=hashlib.sha256(
+            json.dumps(config, sort_keys=True, default=str).encode()
+        ).hexdigest()[:16],
     shell:
         "mint report --samples {input.samples} --leakage {input.leakage} --bench {input.bench} "
+        "--bench-results {input.bench_results} "
         "{params.eva} --metrics {input.metrics} --runs {params.runs} --base {params.base} "
         "--shards {input.shards} --example-wsi {input.wsi} --example-st {input.st} --metadata {input.metadata} "
-        "--n-example-tiles {params.n_tiles} --out {output.html} --figures-dir {output.figures} "
+        "--n-example-tiles {params.n_tiles} --drift {input.drift} {params.pretrain} "
+        "--config-hash {params.config_hash} "
+        "--out {output.html} --figures-dir {output.figures} "
         "2> {log}"

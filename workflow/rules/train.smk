@@ -7,7 +7,8 @@ TRAIN = config["train"]
 
 rule train_run:
     input:
-        "results/shards",
+        shards="results/shards",
+        base=[PRETRAIN_CKPT] if PRETRAIN_CKPT else [],
     output:
         model="results/models/{run}/model.safetensors",
         config="results/models/{run}/config.json",
@@ -29,7 +30,7 @@ rule train_run:
         # torchrun's process count follows the GPUs the job actually gets (profile may override)
         launcher=lambda wc, resources: torch_launcher(resources.gpu, resources.nodes),
     shell:
-        "{params.launcher} train --index {input}/index.json "
+        "{params.launcher} train --index {input.shards}/index.json "
         "--out-dir results/models/{wildcards.run} --params '{params.hp}' 2> {log}"
 
 
