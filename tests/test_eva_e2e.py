@@ -43,11 +43,14 @@ def test_eva_predict_fit_collect_on_synthetic_task(tmp_path):
     status = json.loads((out / "status.json").read_text())
     assert status["status"] == "ok" and status["split"] == "test"
     assert status["mean"] == test_acc["mean"] and 0.0 <= status["mean"] <= 1.0
+    # which embedding, token and precision produced the number
+    assert status["embedding"] == "cls" and status["tokens"] == ["cls"]
+    assert status["precision"].startswith("32")
 
     summary = tmp_path / "results" / "eva" / "summary.csv"
     assert (
         main(["eva", "summary", "--inputs", str(out / "status.json"), "--out", str(summary)]) == 0
     )
     header, row = summary.read_text().splitlines()[:2]
-    assert header == "model,synthetic,average,n_tasks,note"
+    assert header == "model,synthetic,average,n_tasks,embedding,precision,note"
     assert row.startswith("tiny-vit,")
