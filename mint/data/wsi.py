@@ -472,8 +472,8 @@ class _TiffTiles:
                     raise ValueError("JPEG tile does not decode to the tile size")
                 rgba = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGBA)
             else:
-                raw = zlib.decompress(data) if lv.compression in _DEFLATE else data
                 need = lv.th * lv.tw * 3
+                raw = zlib.decompress(data, bufsize=need) if lv.compression in _DEFLATE else data
                 if len(raw) < need:
                     raise ValueError(f"tile has {len(raw)} of {need} bytes")
                 rgb = np.frombuffer(raw, np.uint8, need).reshape(lv.th, lv.tw, 3)
