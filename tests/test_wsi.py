@@ -279,3 +279,18 @@ def test_direct_reader_shares_decoded_tiles_between_threads(slides):
     for a, b in zip(one, many, strict=True):
         np.testing.assert_array_equal(a, b)
     assert wsi._tiles._cached <= wsi._tiles.cache_bytes + 256 * 256 * 4
+
+
+def test_vendor_tiffs_are_read_by_openslide(tmp_path):
+    """A TIFF OpenSlide recognises as a vendor format (here Aperio SVS) is not read directly."""
+    from mint.synth.tiff import write_pyramidal_tiff
+
+    img = texture(300, 400, 0.5, seed=4)
+    path = tmp_path / "a.svs"
+    desc = "Aperio Image Library v12.0.15\n400x300 [0,0 400x300] (256x256) RAW|MPP = 0.5"
+    write_pyramidal_tiff(
+        path, 300, 400, lambda y0, x0, h, w: img[y0 : y0 + h, x0 : x0 + w], 0.5, description=desc
+    )
+    wsi = WSI(path, 0.5, "A")
+    assert not wsi.reads_tiles_directly
+    np.testing.assert_array_equal(wsi.read_region(10, 20, 224, 224), img[20:244, 10:234])

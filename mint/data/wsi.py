@@ -30,8 +30,8 @@ decoding it (it composites through cairo into premultiplied ARGB, then converts)
 whose reported downsample is not an integer (any odd-sized slide) it takes a sub-pixel
 compositing path that is several times slower still and blurs. The direct path is checked
 against OpenSlide on a few tiles of every level when the slide is opened and is not used when
-they differ or the TIFF is anything else (other compression, predictor, planar layout, vendor
-formats): OpenSlide then reads, as before. Regions are RGBA (alpha 255) internally because
+they differ or the file is anything else (a vendor format such as SVS, other compression,
+predictor or planar layout): OpenSlide then reads, as before. Regions are RGBA (alpha 255) internally because
 OpenCV's bilinear warp is ~2.5x faster on 4 channels than on 3.
 """
 
@@ -382,6 +382,11 @@ class _TiffTiles:
     def _levels(wsi: WSI) -> list[_Level] | str:
         import tifffile
 
+        # Only plain pyramidal TIFFs (HEST's format): vendor TIFFs (Aperio, Ventana, Philips,
+        # ...) can place tiles in ways a plain grid does not describe; OpenSlide knows them.
+        vendor = wsi._slide.properties.get("openslide.vendor", "")
+        if vendor != "generic-tiff":
+            return f"OpenSlide vendor {vendor or 'unknown'!r}, not a plain pyramidal TIFF"
         with tifffile.TiffFile(wsi.path) as tf:
             pages = {}
             for page in tf.pages:
