@@ -500,15 +500,27 @@ class _TiffTiles:
         x0, y0 = max(x, 0), max(y, 0)
         x1, y1 = min(x + w, lv.width), min(y + h, lv.height)
         tw, th = lv.tw, lv.th
-        if x0 < x1 and y0 < y1 and (x0, y0) == (x, y) and (x1, y1) == (x + w, y + h):
+        inside = x0 < x1 and y0 < y1 and (x0, y0, x1, y1) == (x, y, x + w, y + h)
+        if inside and (x1 - 1) // tw == x0 // tw and (y1 - 1) // th == y0 // th:
             tx, ty = x0 // tw, y0 // th
-            if (x1 - 1) // tw == tx and (y1 - 1) // th == ty:
-                tile = self._tile(level, ty, tx)
-                if tile is not None:
-                    return tile[y0 - ty * th : y1 - ty * th, x0 - tx * tw : x1 - tx * tw]
-        out = np.full((h, w, 4), 255, np.uint8)
+            tile = self._tile(level, ty, tx)
+            if tile is not None:
+                return tile[y0 - ty * th : y1 - ty * th, x0 - tx * tw : x1 - tx * tw]
+        # Inside the level every pixel is copied from a tile: no white fill needed first.
+        out = np.empty((h, w, 4), np.uint8) if inside else np.full((h, w, 4), 255, np.uint8)
         if x0 >= x1 or y0 >= y1:
             return out
+        for ty in range(y0 // th, (y1 - 1) // th + 1):
+            ay0, ay1 = max(y0, ty * th), min(y1, (ty + 1) * th)
+            for tx in range(x0 // tw, (x1 - 1) // tw + 1):
+                ax0, ax1 = max(x0, tx * tw), min(x1, (tx + 1) * tw)
+                tile = self._tile(level, ty, tx)
+                dst = out[ay0 - y : ay1 - y, ax0 - x : ax1 - x]
+                if tile is None:
+                    dst[...] = 255
+                else:
+                    dst[...] = tile[ay0 - ty * th : ay1 - ty * th, ax0 - tx * tw : ax1 - tx * tw]
+        return out
         for ty in range(y0 // th, (y1 - 1) // th + 1):
             ay0, ay1 = max(y0, ty * th), min(y1, (ty + 1) * th)
             for tx in range(x0 // tw, (x1 - 1) // tw + 1):
