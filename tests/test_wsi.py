@@ -85,7 +85,7 @@ def test_fractional_box_is_centred_on_the_real_centre(tmp_path, ps):
     """Boxes centred on arbitrary fractional points, side 224 * 0.5 / ps (rarely an integer).
 
     Snapping the box to whole level-0 pixels shifts the patch by up to ~1 px of the slide per
-    axis, i.e. > 2 output px at 1.1 um/px; the exact reader must stay within 1 px.
+    axis, i.e. > 2 output px at 1.1 um/px; the exact reader stays within 0.05 output px.
     """
     w_um, h_um = 240.0, 200.0
     img = texture(int(h_um / ps), int(w_um / ps), ps, seed=5)
@@ -98,10 +98,11 @@ def test_fractional_box_is_centred_on_the_real_centre(tmp_path, ps):
             cx, cy = c_um / ps  # arbitrary fractional level-0 centre
             patch = wsi.read_region(cx - side / 2, cy - side / 2, side, PATCH)
             truth = truth_patch(*c_um, seed=5)
-            off = offset_px(truth, patch)
+            off = float(np.hypot(*offset_xy(truth, patch, upsample=100)))
             mad = np.abs(patch.astype(int) - truth).mean()
-            # <= 1 px is the requirement; measured <= 0.1 px (whole-pixel snapping: up to 2.1)
-            assert off <= 0.5 and mad < 2.0, (ps, c_um, off, mad)
+            # Goal <= 0.05 px (measured <= 0.01; whole-pixel snapping: up to 2.1, hestcore's
+            # truncated corner up to 2.7, benchmarks/RESULTS.md)
+            assert off <= 0.05 and mad < 2.0, (ps, c_um, off, mad)
 
 
 def test_reads_from_the_best_level(slides):
@@ -279,3 +280,18 @@ def test_direct_reader_shares_decoded_tiles_between_threads(slides):
     for a, b in zip(one, many, strict=True):
         np.testing.assert_array_equal(a, b)
     assert wsi._tiles._cached <= wsi._tiles.cache_bytes + 256 * 256 * 4
+
+
+def test_vendor_tiffs_are_read_by_openslide(tmp_path):
+    """A TIFF OpenSlide recognises as a vendor format (here Aperio SVS) is not read directly."""
+    from mint.synth.tiff import write_pyramidal_tiff
+
+    img = texture(300, 400, 0.5, seed=4)
+    path = tmp_path / "a.svs"
+    desc = "Aperio Image Library v12.0.15\n400x300 [0,0 400x300] (256x256) RAW|MPP = 0.5"
+    write_pyramidal_tiff(
+        path, 300, 400, lambda y0, x0, h, w: img[y0 : y0 + h, x0 : x0 + w], 0.5, description=desc
+    )
+    wsi = WSI(path, 0.5, "A")
+    assert not wsi.reads_tiles_directly
+    np.testing.assert_array_equal(wsi.read_region(10, 20, 224, 224), img[20:244, 10:234])

@@ -30,8 +30,8 @@ decoding it (it composites through cairo into premultiplied ARGB, then converts)
 whose reported downsample is not an integer (any odd-sized slide) it takes a sub-pixel
 compositing path that is several times slower still and blurs. The direct path is checked
 against OpenSlide on a few tiles of every level when the slide is opened and is not used when
-they differ or the TIFF is anything else (other compression, predictor, planar layout, vendor
-formats): OpenSlide then reads, as before. Regions are RGBA (alpha 255) internally because
+they differ or the file is anything else (a vendor format such as SVS, other compression,
+predictor or planar layout): OpenSlide then reads, as before. Regions are RGBA (alpha 255) internally because
 OpenCV's bilinear warp is ~2.5x faster on 4 channels than on 3.
 """
 
@@ -382,6 +382,11 @@ class _TiffTiles:
     def _levels(wsi: WSI) -> list[_Level] | str:
         import tifffile
 
+        # Only plain pyramidal TIFFs (HEST's format): vendor TIFFs (Aperio, Ventana, Philips,
+        # ...) can place tiles in ways a plain grid does not describe; OpenSlide knows them.
+        vendor = wsi._slide.properties.get("openslide.vendor", "")
+        if vendor != "generic-tiff":
+            return f"OpenSlide vendor {vendor or 'unknown'!r}, not a plain pyramidal TIFF"
         with tifffile.TiffFile(wsi.path) as tf:
             pages = {}
             for page in tf.pages:
@@ -472,8 +477,8 @@ class _TiffTiles:
                     raise ValueError("JPEG tile does not decode to the tile size")
                 rgba = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGBA)
             else:
-                raw = zlib.decompress(data) if lv.compression in _DEFLATE else data
                 need = lv.th * lv.tw * 3
+                raw = zlib.decompress(data, bufsize=need) if lv.compression in _DEFLATE else data
                 if len(raw) < need:
                     raise ValueError(f"tile has {len(raw)} of {need} bytes")
                 rgb = np.frombuffer(raw, np.uint8, need).reshape(lv.th, lv.tw, 3)
@@ -495,15 +500,27 @@ class _TiffTiles:
         x0, y0 = max(x, 0), max(y, 0)
         x1, y1 = min(x + w, lv.width), min(y + h, lv.height)
         tw, th = lv.tw, lv.th
-        if x0 < x1 and y0 < y1 and (x0, y0) == (x, y) and (x1, y1) == (x + w, y + h):
+        inside = x0 < x1 and y0 < y1 and (x0, y0, x1, y1) == (x, y, x + w, y + h)
+        if inside and (x1 - 1) // tw == x0 // tw and (y1 - 1) // th == y0 // th:
             tx, ty = x0 // tw, y0 // th
-            if (x1 - 1) // tw == tx and (y1 - 1) // th == ty:
-                tile = self._tile(level, ty, tx)
-                if tile is not None:
-                    return tile[y0 - ty * th : y1 - ty * th, x0 - tx * tw : x1 - tx * tw]
-        out = np.full((h, w, 4), 255, np.uint8)
+            tile = self._tile(level, ty, tx)
+            if tile is not None:
+                return tile[y0 - ty * th : y1 - ty * th, x0 - tx * tw : x1 - tx * tw]
+        # Inside the level every pixel is copied from a tile: no white fill needed first.
+        out = np.empty((h, w, 4), np.uint8) if inside else np.full((h, w, 4), 255, np.uint8)
         if x0 >= x1 or y0 >= y1:
             return out
+        for ty in range(y0 // th, (y1 - 1) // th + 1):
+            ay0, ay1 = max(y0, ty * th), min(y1, (ty + 1) * th)
+            for tx in range(x0 // tw, (x1 - 1) // tw + 1):
+                ax0, ax1 = max(x0, tx * tw), min(x1, (tx + 1) * tw)
+                tile = self._tile(level, ty, tx)
+                dst = out[ay0 - y : ay1 - y, ax0 - x : ax1 - x]
+                if tile is None:
+                    dst[...] = 255
+                else:
+                    dst[...] = tile[ay0 - ty * th : ay1 - ty * th, ax0 - tx * tw : ax1 - tx * tw]
+        return out
         for ty in range(y0 // th, (y1 - 1) // th + 1):
             ay0, ay1 = max(y0, ty * th), min(y1, (ty + 1) * th)
             for tx in range(x0 // tw, (x1 - 1) // tw + 1):
