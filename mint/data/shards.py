@@ -71,6 +71,7 @@ QC_COLUMNS = (
     "vocab_coverage",
     "status",
     "reason",
+    "qc_flags",
 )
 
 
@@ -342,6 +343,7 @@ def coverage_qc(
                 vocab_coverage=round(frac, 4),
                 status="excluded" if low else "kept",
                 reason=reason,
+                qc_flags=str(src.info.attrs.get("qc_flags", "") or ""),
             )
         )
     return kept, rows
