@@ -113,6 +113,35 @@ def test_bad_input_offline_hub_is_a_network_error(tmp_path, monkeypatch):
         download.download_hub("MEND139", "Visium", tmp_path, retries=2)
 
 
+def test_bad_input_offline_bench_hub_is_a_network_error(tmp_path, monkeypatch):
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from mint.hest import download_bench
+
+    monkeypatch.setattr(download_bench, "_sleep", lambda s: None)
+    monkeypatch.setattr(
+        "huggingface_hub.snapshot_download",
+        FakeHub(fail_times=9, exc=LocalEntryNotFoundError("no connection\nat all")),
+    )
+    with pytest.raises(MintError, match=r"^IDC .*network error") as err:
+        download_bench.download_hub("IDC", tmp_path, retries=2)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_input_bench_zip_member_cannot_escape(tmp_path):
+    import zipfile
+
+    from mint.hest import download_bench
+
+    task = tmp_path / "IDC"
+    task.mkdir()
+    with zipfile.ZipFile(task / "patches.zip", "w") as zf:
+        zf.writestr("../../ESCAPED.h5", b"x")
+    with pytest.raises(MintError, match=r"patches\.zip member.*lies outside"):
+        download_bench._extract_zips(task)
+    assert not (tmp_path.parent / "ESCAPED.h5").exists()
+
+
 @pytest.mark.parametrize("missing", ["xenium_seg", "tissue_seg"])
 def test_bad_input_download_requires_segmentation_and_contours(tmp_path, capsys, missing):
     """Cell targets need the Xenium segmentation, every tile job the contours: a local HEST
