@@ -385,3 +385,38 @@ def test_bad_input_shard_temp_files_of_a_killed_run_are_removed(tiles, tmp_path)
         (out / name).write_bytes(b"partial")
     assert main(_shard_args(d, vocab, out)) == 0
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_throughput_log_leaves_out_the_step_0_validation(tmp_path, monkeypatch):
+    """The step-0 validation runs before the first log window starts: its time must not be
+    subtracted from that window (it once gave images_per_s = 1.6e10). A fake clock makes
+    validation take 1000 s and every other clock read 0.01 s, so the figure is exact."""
+    import csv
+    import time
+
+    from mint.train import trainer as trainer_mod
+    from mint.train.config import TrainConfig
+    from mint.train.toy import write_toy_shards
+
+    index = write_toy_shards(
+        tmp_path / "toy", n_train=16, n_val=8, samples_per_shard=8, image_size=32
+    )
+    clock = [0.0]
+
+    def fake_clock() -> float:
+        clock[0] += 0.01
+        return clock[0]
+
+    real_evaluate = trainer_mod.MintTrainer.evaluate
+
+    def slow_evaluate(self, loader):
+        clock[0] += 1000.0
+        return real_evaluate(self, loader)
+
+    monkeypatch.setattr(time, "perf_counter", fake_clock)
+    monkeypatch.setattr(trainer_mod.MintTrainer, "evaluate", slow_evaluate)
+    cfg = TrainConfig.from_json(json.dumps({**TINY, "steps": 2, "log_every": 2}))
+    trainer_mod.train(cfg, index, tmp_path / "run", device="cpu")
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    ips = [float(r["images_per_s"]) for r in rows if r["split"] == "train"]
+    assert len(ips) == 1 and 0 < ips[0] < 1e4, ips
