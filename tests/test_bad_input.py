@@ -420,3 +420,15 @@ def test_throughput_log_leaves_out_the_step_0_validation(tmp_path, monkeypatch):
     rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
     ips = [float(r["images_per_s"]) for r in rows if r["split"] == "train"]
     assert len(ips) == 1 and 0 < ips[0] < 1e4, ips
+
+
+def test_bad_input_cli_prints_any_mint_error_on_one_line(tmp_path, capsys):
+    """A message that quotes a library's multi-line text still prints as one line."""
+    bad = tmp_path / "genes"
+    bad.mkdir()
+    (bad / "visium.txt").write_text("G1\n")
+    rc = main(["shards", "--verify", str(tmp_path / "nowhere" / "index.json")])
+    assert rc == 2 and "index.json not found" in _one_line_error(capsys)
+    (tmp_path / "index.json").write_text("{\n  bad json\n")
+    rc = main(["shards", "--verify", str(tmp_path / "index.json")])
+    assert rc == 2 and "unreadable index.json" in _one_line_error(capsys)
