@@ -422,13 +422,16 @@ def test_throughput_log_leaves_out_the_step_0_validation(tmp_path, monkeypatch):
     assert len(ips) == 1 and 0 < ips[0] < 1e4, ips
 
 
-def test_bad_input_cli_prints_any_mint_error_on_one_line(tmp_path, capsys):
+def test_bad_input_cli_prints_any_mint_error_on_one_line(tmp_path, capsys, monkeypatch):
     """A message that quotes a library's multi-line text still prints as one line."""
-    bad = tmp_path / "genes"
-    bad.mkdir()
-    (bad / "visium.txt").write_text("G1\n")
+    from mint.data import shards as shards_mod
+
     rc = main(["shards", "--verify", str(tmp_path / "nowhere" / "index.json")])
     assert rc == 2 and "index.json not found" in _one_line_error(capsys)
-    (tmp_path / "index.json").write_text("{\n  bad json\n")
+
+    def multi_line(path):
+        raise MintError(f"shards {path}: first line\n  second line\n")
+
+    monkeypatch.setattr(shards_mod, "verify_shards", multi_line)
     rc = main(["shards", "--verify", str(tmp_path / "index.json")])
-    assert rc == 2 and "unreadable index.json" in _one_line_error(capsys)
+    assert rc == 2 and "first line second line" in _one_line_error(capsys)
