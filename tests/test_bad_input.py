@@ -296,7 +296,9 @@ def _member_boundary(path: Path, sample: int) -> int:
     return starts[sample]
 
 
-@pytest.mark.parametrize("damage", ["half", "boundary", "flipped_byte", "boundary_old_index"])
+@pytest.mark.parametrize(
+    "damage", ["half", "boundary", "flipped_byte", "boundary_old_index", "inside_old_index"]
+)
 def test_bad_input_damaged_shard_is_named(shards, capsys, damage):
     """A shard cut in half, cut at a member boundary (a valid shorter tar), or with one byte
     changed: `mint shards --verify` names the file in one line. An index written before
@@ -309,10 +311,15 @@ def test_bad_input_damaged_shard_is_named(shards, capsys, damage):
         path.write_bytes(data[: _member_boundary(path, 3)])
         with tarfile.open(path) as tf:  # really a readable, shorter tar
             assert len(tf.getmembers()) > 0
+    elif damage.startswith("inside"):  # inside the last sample: every key is still there
+        last = _member_boundary(path, 7)
+        with tarfile.open(path) as tf:
+            second = [m for m in tf.getmembers() if m.offset > last][0]
+        path.write_bytes(data[: second.offset])
     else:
         i = len(data) // 3
         path.write_bytes(data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :])
-    if damage == "boundary_old_index":
+    if damage.endswith("old_index"):
         index = json.loads((shards / "index.json").read_text())
         for e in index["shards"] + index["val_shards"]:
             e.pop("bytes"), e.pop("sha256")
