@@ -12,7 +12,7 @@ import importlib
 import logging
 import sys
 
-from mint.errors import MintError
+from mint.errors import MintError, one_line
 from mint.logging_utils import setup_logging
 
 # verb -> (module, one-line help)
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         rc = module.run(args)
     except MintError as exc:
         # One clear line, no traceback: the message names the sample, file or key.
-        print(f"mint {args.verb}: error: {exc}", file=sys.stderr)
+        print(f"mint {args.verb}: error: {one_line(exc, limit=2000)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         logging.getLogger("mint").error("interrupted")

@@ -694,6 +694,47 @@ def test_old_format_contour_holes_are_subtracted(tmp_path):
     assert masks[1].mask.sum() < filled - 0.8 * 200 * 200 / 16  # the hole is not tissue
 
 
+@pytest.mark.parametrize("pooled", [True, False])
+def test_visium_hd_bins_are_checked_and_covered_whole(tmp_path, pooled):
+    """Visium HD: the patch covers the whole 128 um bin (target and pixels see the same
+    tissue), and bins with far fewer counts than their area predicts are flagged."""
+    ps = 1.0
+    paths = SamplePaths.from_hest_dir(tmp_path, "HD")
+    paths.wsi.parent.mkdir(parents=True, exist_ok=True)
+    make_slide(paths.wsi, ps, 640, 400)
+    gx, gy = np.meshgrid(np.arange(4) * 128.0 + 128, [136.0, 264.0])
+    centres = np.column_stack([gx.ravel(), gy.ravel()]) / ps
+    per_bin = 20000 if pooled else 300  # one 16 um bin of a 128 um bin: ~1/64 of the counts
+    counts = np.full((len(centres), 2), per_bin / 2)
+    write_h5ad(paths.st, [f"s_128um_{i:05d}-1" for i in range(8)], centres, counts, ["A", "B"])
+    out = tmp_path / "HD.h5"
+    tile_sample(info("HD", "Visium HD", ps, "spot", "visium"), paths, out, CFG)
+    a = read_tiles(out)["attrs"]
+    assert a["bin_um"] == pytest.approx(128.0)
+    assert a["size_src_exact_px"] == pytest.approx(128.0 / ps)  # not 112 um
+    assert bool(a["qc_flags"]) != pooled and ("unpooled" in a["qc_flags"]) != pooled
+
+
+def test_select_can_exclude_visium_hd():
+    from mint.hest.select import SelectionConfig, select_samples
+
+    meta = pd.DataFrame(
+        {
+            "id": ["A", "B"],
+            "st_technology": ["Visium", "Visium HD"],
+            "species": ["Homo sapiens"] * 2,
+            "organ": ["Bowel"] * 2,
+            "oncotree_code": ["COAD"] * 2,
+            "patient": [None] * 2,
+            "dataset_title": ["a", "b"],
+            "pixel_size_um_estimated": [0.5, 0.27],
+        }
+    )
+    keep = select_samples(meta, SelectionConfig(), "synthetic").samples["id"].tolist()
+    drop = select_samples(meta, SelectionConfig(exclude_visium_hd=True), "synthetic")
+    assert keep == ["A", "B"] and drop.samples["id"].tolist() == ["A"]
+
+
 # ------------------------------------------------------------------------- CLI and end to end
 def _metadata_csv(path: Path, rows: list[dict]) -> Path:
     from mint.hest.metadata import REQUIRED_COLUMNS

@@ -71,6 +71,7 @@ QC_COLUMNS = (
     "vocab_coverage",
     "status",
     "reason",
+    "qc_flags",
 )
 
 
@@ -244,16 +245,24 @@ def file_digest(path: Path) -> tuple[int, str]:
 
 
 def count_samples(path: Path) -> int:
-    """Number of WebDataset samples (distinct keys) in a tar, read from the headers only."""
-    keys = set()
+    """Number of WebDataset samples (distinct keys) in a tar, read from the headers only.
+
+    Every sample must have the same members (jpg, expr.npy, ...): a tar cut inside a sample
+    leaves one with fewer, which is an error here rather than a decoding error mid-training.
+    """
+    members: dict[str, int] = {}
     try:
         with tarfile.open(path, "r:") as tf:
             for member in tf:
                 if member.isfile():
-                    keys.add(member.name.split(".", 1)[0])
+                    key = member.name.split(".", 1)[0]
+                    members[key] = members.get(key, 0) + 1
     except (tarfile.TarError, OSError) as exc:
         raise MintError(f"shards {path}: unreadable shard ({one_line(exc)})") from None
-    return len(keys)
+    if len(set(members.values())) > 1:
+        short = min(members, key=members.get)
+        raise MintError(f"shards {path}: sample {short!r} is incomplete (truncated shard?)")
+    return len(members)
 
 
 def verify_shards(index_path: str | Path, checksums: bool = True) -> int:
@@ -342,6 +351,7 @@ def coverage_qc(
                 vocab_coverage=round(frac, 4),
                 status="excluded" if low else "kept",
                 reason=reason,
+                qc_flags=str(src.info.attrs.get("qc_flags", "") or ""),
             )
         )
     return kept, rows

@@ -290,6 +290,12 @@ def spot_targets(
     barcodes, centres, x, genes, n_dup = read_spots(paths.st, info.sample_id)
     size_src = wsi.size_at(cfg.pixel_size_um, cfg.patch_size)  # rounded: tissue mask, attrs
     side = cfg.patch_size * cfg.pixel_size_um / wsi.pixel_size_um  # exact: pixels
+    hd = {}
+    if info.technology.strip().lower() in ("visium hd", "visium_hd", "visiumhd"):
+        hd = visium_hd_qc(centres, x, wsi.pixel_size_um, info.sample_id, paths.st)
+        # The patch covers the whole pooled bin (target and pixels see the same tissue).
+        side = max(side, hd["bin_um"] / wsi.pixel_size_um)
+        size_src = max(size_src, int(round(side)))
     n_total = len(barcodes)
     c = centres  # finite (read_spots refuses non-finite centres)
     inside = (c[:, 0] >= 0) & (c[:, 0] < wsi.width) & (c[:, 1] >= 0) & (c[:, 1] < wsi.height)
@@ -340,9 +346,45 @@ def spot_targets(
             size_src_px=size_src,
             size_src_exact_px=float(side),
             n_genes_duplicate=n_dup,
+            **hd,
         ),
         boxes=boxes[kept],
         box_size=float(side),
+    )
+
+
+#: Visium HD pooled bins must hold at least this many counts per um^2 (median over bins). A
+#: correctly pooled bin of HD's 2 um squares holds well above it (10x's 8-16 um bins: ~1-4
+#: UMI/um^2 in tissue); HEST's `pool_bins_visiumhd` adds with a fancy-indexed `+=`, which keeps
+#: one source bin per target bin: a 128 um bin then holds one 16 um bin's counts, ~64x too few.
+VISIUM_HD_MIN_COUNTS_PER_UM2 = 0.1
+
+
+def visium_hd_qc(centres: np.ndarray, x, pixel_size_um: float, sample_id: str, st_path: Path):
+    """Bin size and count density of a Visium HD sample's pooled bins, with QC flags.
+
+    The bin side is the median distance between neighbouring bin centres. Counts far below
+    what the bin area predicts mean the bins were not really pooled (see
+    VISIUM_HD_MIN_COUNTS_PER_UM2); the sample is flagged (`qc_flags`, shown in the shards'
+    QC table), not dropped: `select.exclude_visium_hd` leaves Visium HD out altogether.
+    """
+    from scipy.spatial import cKDTree
+
+    flags = []
+    if len(centres) < 2:
+        return dict(bin_um=0.0, counts_per_um2=0.0, qc_flags="fewer than 2 bins")
+    dist, _ = cKDTree(centres).query(centres, k=2)
+    bin_um = float(np.median(dist[:, 1])) * pixel_size_um
+    totals = np.asarray(x.sum(axis=1)).ravel()
+    density = float(np.median(totals)) / max(bin_um * bin_um, 1e-9)
+    if density < VISIUM_HD_MIN_COUNTS_PER_UM2:
+        flags.append(
+            f"median {np.median(totals):g} counts per {bin_um:.0f} um bin = {density:.3g}/um^2 "
+            f"< {VISIUM_HD_MIN_COUNTS_PER_UM2:g}: bins look unpooled"
+        )
+        log.warning("%s %s: Visium HD QC: %s", sample_id, st_path, flags[-1])
+    return dict(
+        bin_um=round(bin_um, 3), counts_per_um2=round(density, 4), qc_flags="; ".join(flags)
     )
 
 

@@ -141,18 +141,20 @@ _NETWORK_ERRORS = {
 def is_network_error(exc: BaseException) -> bool:
     """True when `exc` (or its cause) says the hub could not be reached."""
     while exc is not None:
-        if type(exc).__name__ in _NETWORK_ERRORS or isinstance(exc, (ConnectionError, TimeoutError)):
+        if type(exc).__name__ in _NETWORK_ERRORS or isinstance(
+            exc, (ConnectionError, TimeoutError)
+        ):
             return True
         exc = exc.__cause__ or exc.__context__
     return False
 
 
-class _HubUnreachable(Exception):
+class HubUnreachable(Exception):
     """snapshot_download could not reach the hub and returned the local folder as it was."""
 
 
 @contextlib.contextmanager
-def _watch_hub_log() -> Iterator[list[str]]:
+def watch_hub_log() -> Iterator[list[str]]:
     """Collect huggingface_hub's warnings during a call.
 
     Offline, snapshot_download does not raise when `local_dir` already holds files (other
@@ -201,7 +203,7 @@ def download_hub(
                 retries,
                 patterns,
             )
-            with _watch_hub_log() as hub_warnings:
+            with watch_hub_log() as hub_warnings:
                 huggingface_hub.snapshot_download(
                     repo_id=repo_id,
                     repo_type="dataset",
@@ -213,7 +215,7 @@ def download_hub(
                 )
             unreachable = [m for m in hub_warnings if "cannot be accessed" in m]
             if unreachable:
-                raise _HubUnreachable(unreachable[0])
+                raise HubUnreachable(unreachable[0])
             return check_files(out, sample_id, technology, cell_seg)
         except MintError as exc:
             last = exc  # incomplete download: retry
@@ -236,7 +238,7 @@ def download_hub(
             _sleep(wait)
     if isinstance(last, MintError):
         raise last
-    if isinstance(last, _HubUnreachable) or is_network_error(last):
+    if isinstance(last, HubUnreachable) or is_network_error(last):
         raise MintError(
             f"{sample_id} {repo_id}: network error, the hub could not be reached after {retries} "
             f"attempts ({type(last).__name__}: {one_line(last, 200)}); check the connection, "

@@ -23,7 +23,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from mint.errors import MintError
+from mint.errors import MintError, one_line
+from mint.hest.download import HubUnreachable, is_network_error, watch_hub_log
+from mint.safe import check_inside
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +40,13 @@ def hub_patterns(task: str) -> list[str]:
 def _extract_zips(task_dir: Path) -> None:
     for z in sorted(task_dir.rglob("*.zip")):
         log.info("extracting %s", z)
-        with zipfile.ZipFile(z) as zf:
-            zf.extractall(z.parent)
+        try:
+            with zipfile.ZipFile(z) as zf:
+                for name in zf.namelist():  # a member such as '../x' would escape the task
+                    check_inside(z.parent / name, task_dir, f"{z} member")
+                zf.extractall(z.parent)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise MintError(f"{task_dir.name} {z}: bad zip archive ({one_line(exc)})") from None
         z.unlink()
 
 
@@ -65,7 +72,10 @@ def check_task(task_dir: str | os.PathLike, task: str) -> int:
             f = d / "splits" / f"{kind}_{k}.csv"
             if not f.is_file():
                 raise MintError(f"{task} {f}: missing split file")
-            df = pd.read_csv(f)
+            try:
+                df = pd.read_csv(f)
+            except (OSError, ValueError) as exc:
+                raise MintError(f"{task} {f}: unreadable split file ({one_line(exc)})") from None
             for col in ("sample_id", "patches_path", "expr_path"):
                 if col not in df.columns:
                     raise MintError(f"{task} {f}: missing column {col!r}")
@@ -95,13 +105,17 @@ def download_hub(
     last: Exception | None = None
     for attempt in range(1, max(1, retries) + 1):
         try:
-            huggingface_hub.snapshot_download(
-                repo_id=repo_id,
-                repo_type="dataset",
-                local_dir=str(out),
-                allow_patterns=hub_patterns(task),
-                token=os.environ.get("HF_TOKEN") or False,  # HF_TOKEN only, no fallback
-            )
+            with watch_hub_log() as hub_warnings:
+                huggingface_hub.snapshot_download(
+                    repo_id=repo_id,
+                    repo_type="dataset",
+                    local_dir=str(out),
+                    allow_patterns=hub_patterns(task),
+                    token=os.environ.get("HF_TOKEN") or False,  # HF_TOKEN only, no fallback
+                )
+            unreachable = [m for m in hub_warnings if "cannot be accessed" in m]
+            if unreachable:
+                raise HubUnreachable(unreachable[0])
             _extract_zips(out / task)
             check_task(out / task, task)
             return out / task
@@ -111,18 +125,28 @@ def download_hub(
             if type(exc).__name__ in {"GatedRepoError", "RepositoryNotFoundError"}:
                 raise MintError(
                     f"{task} {repo_id}: no access ({type(exc).__name__}); export HF_TOKEN with a read token"
-                ) from exc
+                ) from None
             last = exc
         if attempt < retries:
             wait = min(backoff_s * 2 ** (attempt - 1), 300.0)
             log.warning(
-                "%s: download failed (%s); retrying in %.0f s", task, type(last).__name__, wait
+                "%s: download failed (%s: %s); retrying in %.0f s",
+                task,
+                type(last).__name__,
+                one_line(last),
+                wait,
             )
             _sleep(wait)
     if isinstance(last, MintError):
         raise last
+    kind = (
+        "network error, the hub could not be reached"
+        if (isinstance(last, HubUnreachable) or is_network_error(last))
+        else "download failed"
+    )
     raise MintError(
-        f"{task} {repo_id}: download failed after {retries} attempts ({type(last).__name__}: {last})"
+        f"{task} {repo_id}: {kind} after {retries} attempts "
+        f"({type(last).__name__}: {one_line(last, 200)})"
     )
 
 

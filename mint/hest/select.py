@@ -100,6 +100,9 @@ class SelectionConfig:
     exclude: list[str] = field(default_factory=list)
     exclude_bench: bool = True
     exclude_leakage: bool = False
+    #: Visium HD counts in released HEST files may be unpooled (see mint.data.tiling's
+    #: Visium HD QC); this leaves the technology out of training altogether.
+    exclude_visium_hd: bool = False
     max_samples: int | None = None
 
     @classmethod
@@ -192,6 +195,8 @@ def select_samples(df: pd.DataFrame, cfg: SelectionConfig, source: str) -> Selec
     if cfg.technologies:
         techs = {canonical_technology(t) for t in cfg.technologies}
         keep &= df["st_technology"].isin(techs)
+    if cfg.exclude_visium_hd:
+        keep &= df["st_technology"].map(canonical_technology) != "Visium HD"
     if cfg.organs:
         organs = {o.strip().lower() for o in cfg.organs}
         keep &= df["organ"].astype(str).str.strip().str.lower().isin(organs)
@@ -274,6 +279,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also remove samples listed in the leakage report",
     )
     parser.add_argument(
+        "--exclude-visium-hd",
+        action="store_true",
+        help="leave Visium HD samples out (their released counts may be unpooled)",
+    )
+    parser.add_argument(
         "--max-samples", type=int, default=None, help="keep at most N samples (first by id)"
     )
 
@@ -288,6 +298,7 @@ def run(args: argparse.Namespace) -> int:
         exclude=list(args.exclude or []),
         exclude_bench=not args.no_exclude_bench,
         exclude_leakage=bool(args.exclude_leakage),
+        exclude_visium_hd=bool(args.exclude_visium_hd),
         max_samples=args.max_samples,
     )
     res = select_samples(df, cfg, args.source)

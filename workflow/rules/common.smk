@@ -76,6 +76,8 @@ def selection_args():
         args.append("--no-exclude-bench")
     if SEL["exclude_leakage"]:
         args.append("--exclude-leakage")
+    if SEL["exclude_visium_hd"]:
+        args.append("--exclude-visium-hd")
     if SEL["max_samples"]:
         args.append(f"--max-samples {SEL['max_samples']}")
     return " ".join(args)
