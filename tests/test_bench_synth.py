@@ -49,6 +49,6 @@ def test_synthetic_tasks_end_to_end(tmp_path):
     csv = tmp_path / "summary.csv"
     assert mint_main(["bench-summary", "--inputs", *results, "--out", str(csv)]) == 0
     df = pd.read_csv(csv)
-    assert list(df.columns) == ["model", "variant", *tasks, "average"]
+    assert list(df.columns) == ["model", "variant", *tasks, "average", "precision"]
     assert df["variant"].tolist() == ["cls", "cls+patch_mean"]
     assert not any(math.isnan(x) for x in df["average"])
