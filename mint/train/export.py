@@ -32,6 +32,15 @@ def encoder_state(backbone: STTokenViT, heads: ExpressionHeads | None) -> dict[s
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in holder.state_dict().items()}
 
 
+def timm_state_dict(backbone: STTokenViT) -> dict[str, torch.Tensor]:
+    """The wrapped ViT's own weights under timm's key names (no ST token), on CPU: saved with
+    safetensors they load as `timm:<arch>@<file>` (or any timm model of the same architecture).
+    Used to export a self-supervised pretraining run (`MintTrainer.pretrained_backbone()`)."""
+    return {
+        k: v.detach().to("cpu").contiguous().clone() for k, v in backbone.vit.state_dict().items()
+    }
+
+
 def export_model(
     out_dir: str | Path,
     backbone: STTokenViT,
