@@ -53,6 +53,7 @@ class TrainConfig:
     dino_prototypes: int = 65536
     dino_hidden_dim: int = 2048
     dino_bottleneck_dim: int = 256
+    dino_head_bn: bool = False  # batch norm in the DINO head's hidden layers (DINO's use_bn)
     student_temp: float = 0.1
     teacher_temp_start: float = 0.04  # warm-up start (DINOv2's warmup_teacher_temp)
     teacher_temp_final: float = 0.07  # after the warm-up (DINOv2's teacher_temp)

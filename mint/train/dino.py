@@ -2,7 +2,8 @@
 
 Reimplemented from the DINO/DINOv2 papers' description (not their code):
 
-* DINOHead: MLP in -> hidden -> hidden -> bottleneck (GELU), L2-normalised bottleneck, then a
+* DINOHead: MLP in -> hidden -> hidden -> bottleneck (GELU; with `use_bn` a batch norm after each
+  hidden Linear, as DINO's `use_bn` option), L2-normalised bottleneck, then a
   weight-normalised prototype layer without bias whose weight norm is fixed to 1 (each
   prototype row is normalised in the forward pass, which is weight norm with g = 1).
 * DINOLoss: teacher probabilities softmax((t - center) / tau_t) on the global crops, student
@@ -37,6 +38,7 @@ class DINOHead(nn.Module):
         hidden_dim: int = 2048,
         bottleneck_dim: int = 256,
         n_layers: int = 3,
+        use_bn: bool = False,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
@@ -44,6 +46,12 @@ class DINOHead(nn.Module):
         for i in range(n_layers):
             layers.append(nn.Linear(dims[i], dims[i + 1]))
             if i < n_layers - 1:
+                if use_bn:
+                    # batch statistics in train and eval mode alike (the EMA teacher runs in
+                    # eval mode and has no running statistics of its own to trust): features
+                    # that share a large common component across tiles (a little-trained
+                    # backbone) are spread out before the prototypes see them
+                    layers.append(nn.BatchNorm1d(dims[i + 1], track_running_stats=False))
                 layers.append(nn.GELU())
         self.mlp = nn.Sequential(*layers)
         # prototype layer: weight-normed, norm fixed to 1, no bias

@@ -210,6 +210,7 @@ class MintTrainer:
                 cfg.dino_prototypes,
                 cfg.dino_hidden_dim,
                 cfg.dino_bottleneck_dim,
+                use_bn=cfg.dino_head_bn,
             )
         self.student = MintStudent(backbone, heads, dino_head).to(self.device)
         self.teacher: Teacher | None = None
