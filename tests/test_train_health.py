@@ -214,7 +214,8 @@ def test_trainer_modes_run_end_to_end(shards, tmp_path, mode):
         {**SMALL, **mode, "steps": 4, "log_every": 2, "val_every": 0, "checkpoint_every": 4}
     )
     out = tmp_path / "run"
-    assert train(cfg, shards, out, device="cpu") == out
+    weights = tmp_path / "base.safetensors"
+    assert train(cfg, shards, out, device="cpu", timm_out=weights) == out
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert list(rows[0]) == METRIC_COLUMNS
     health = json.loads((out / "health.json").read_text())
@@ -225,6 +226,12 @@ def test_trainer_modes_run_end_to_end(shards, tmp_path, mode):
         assert all(r["teacher_entropy"] and r["loss_visium"] == "" for r in train_rows)
         assert health["dino"]["status"] in ("ok", "uniform_collapse", "dimension_collapse")
         assert not [r for r in rows if r["split"] == "val"]  # nothing to validate
+        from safetensors.torch import load_file
+
+        vit = build_backbone("tiny-vit", pretrained=True)  # the seeded start of the run
+        before = vit.blocks[0].attn.qkv.weight.detach().clone()
+        vit.load_state_dict(load_file(weights))  # strict: plain timm keys, no ST token, no heads
+        assert not torch.equal(vit.blocks[0].attn.qkv.weight, before)  # the trained weights
     else:
         assert exported["heads"] is True and exported["st_source"] == "cls"
         assert all(r["teacher_entropy"] == "" and r["loss_anchor"] == "" for r in train_rows)

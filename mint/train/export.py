@@ -41,6 +41,21 @@ def timm_state_dict(backbone: STTokenViT) -> dict[str, torch.Tensor]:
     }
 
 
+def save_timm_weights(backbone: STTokenViT, path: Path) -> Path:
+    """`timm_state_dict(backbone)` as safetensors at `path` (atomically, readable like the
+    model export)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        save_file(timm_state_dict(backbone), str(tmp), metadata={"format": "pt"})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+    return path
+
+
 def export_model(
     out_dir: str | Path,
     backbone: STTokenViT,

@@ -58,7 +58,7 @@ from mint.train.config import TrainConfig
 from mint.train.data import ShardIndex, TrainStream, ValStream, in_order, make_loader, read_index
 from mint.train.dino import DINOHead, DINOLoss, cosine_momentum, ema_update, teacher_temperature
 from mint.train.distributed import DistContext, barrier, cleanup, init_distributed
-from mint.train.export import export_model
+from mint.train.export import export_model, save_timm_weights
 from mint.train.losses import FrozenAnchor, anchor_loss, masked_mse
 from mint.train.optim import WarmupCosine, build_param_groups
 from mint.train.preempt import Preempted, StopSignals
@@ -659,6 +659,7 @@ def train(
     out_dir: str | Path,
     device: str = "auto",
     stop_after: int | None = None,
+    timm_out: str | Path | None = None,
 ) -> Path | None:
     """Train (or resume) one MINT run; export on completion. Returns out_dir, or None if it
     stopped early at `stop_after` steps (used to test preemption and resume).
@@ -667,11 +668,15 @@ def train(
     checkpoint and raise `Preempted`; the next call resumes from there. After a successful
     export checkpoints/ is removed (unless `keep_checkpoints`), so that a rerun forced by
     deleting the outputs trains again instead of re-exporting the final checkpoint.
+
+    `timm_out`: also write `MintTrainer.pretrained_backbone()` (the EMA teacher's backbone when
+    DINO is on) as a plain timm state dict in safetensors, loadable as `timm:<arch>@<file>`;
+    this is how a self-supervised pretraining run hands its weights on.
     """
     ctx = init_distributed(device)
     try:
         with StopSignals() as stop:
-            return _train(cfg, Path(index_path), Path(out_dir), ctx, stop_after, stop)
+            return _train(cfg, Path(index_path), Path(out_dir), ctx, stop_after, stop, timm_out)
     finally:
         cleanup()
 
@@ -683,6 +688,7 @@ def _train(
     ctx: DistContext,
     stop_after: int | None,
     stop: StopSignals,
+    timm_out: str | Path | None = None,
 ) -> Path | None:
     index = read_index(index_path)
     for m in index.modalities:
@@ -890,6 +896,9 @@ def _train(
             name=out_dir.name,
         )
         log.info("exported %s", out_dir)
+        if timm_out is not None:
+            save_timm_weights(trainer.pretrained_backbone(), Path(timm_out))
+            log.info("pretrained backbone (timm state dict) written to %s", timm_out)
         if not cfg.keep_checkpoints:
             # a finished run leaves no checkpoint: a forced rerun must retrain, not re-export
             shutil.rmtree(ckpt_dir, ignore_errors=True)
