@@ -63,6 +63,8 @@ def test_config_defaults_unknown_keys_and_types():
         TrainConfig.from_json('{"steps": "many"}')
     with pytest.raises(MintError, match="precision"):
         TrainConfig.from_json('{"precision": "fp8"}')
+    with pytest.raises(MintError, match="teacher_temp was renamed teacher_temp_start"):
+        TrainConfig.from_json('{"teacher_temp": 0.04}')
     with pytest.raises(MintError, match="not valid JSON"):
         TrainConfig.from_json("{steps: 1}")
     # the demo defaults of config/demo.yaml are all accepted
@@ -112,8 +114,9 @@ def test_anchor_loss_and_frozen_copy():
     assert not frozen.training and not frozen.vit.training
     assert all(not p.requires_grad for p in frozen.parameters())
     x = torch.randn(2, 3, 224, 224, requires_grad=True)
-    out = frozen(x)
-    assert out.shape == (2, 32) and not out.requires_grad
+    out = frozen(x, patch_tokens=True)
+    assert out["cls"].shape == (2, 32) and not out["cls"].requires_grad
+    assert out["patches"].shape == (2, 196, 32)
 
 
 def test_dino_loss_and_centering_match_direct_computation():
@@ -137,6 +140,16 @@ def test_dino_loss_and_centering_match_direct_computation():
                 per_sample.append(-(q * logp).sum())
             terms.append(torch.stack(per_sample).mean())
     torch.testing.assert_close(got, torch.stack(terms).mean())
+    got2, stats = loss_fn.loss_and_stats(s, t, teacher_temp=tt, n_crops=n_crops)
+    torch.testing.assert_close(got2, got)
+    q = torch.softmax((t - c0) / tt, dim=-1)
+    h = -torch.special.xlogy(q, q).sum(-1).mean()
+    torch.testing.assert_close(stats["teacher_entropy"], h)
+    torch.testing.assert_close(stats["dino_kl"], got - h)
+    qm = q.mean(0)
+    torch.testing.assert_close(
+        stats["teacher_marginal_entropy"], -torch.special.xlogy(qm, qm).sum()
+    )
     loss_fn.update_center(t)
     torch.testing.assert_close(loss_fn.center, c0 * 0.8 + t.mean(0, keepdim=True) * 0.2)
 
@@ -188,7 +201,9 @@ def test_multicrop_shapes_for_patch_14_and_16(name, patch, local):
 
 # -- optimiser ------------------------------------------------------------------------------
 def test_param_groups_layer_decay_and_no_weight_decay():
-    cfg = TrainConfig.from_dict({**SMALL, "lr": 1.0, "head_lr": 5.0, "layer_decay": 0.5})
+    cfg = TrainConfig.from_dict(
+        {**SMALL, "lr": 1.0, "head_lr": 5.0, "dino_head_lr": 7.0, "layer_decay": 0.5}
+    )
     vit = build_backbone("tiny-vit", pretrained=False, tiny=True)  # depth 2
     trainer = MintTrainer(cfg, {"visium": 5, "xenium": 3}, vit=vit)
     lr_of, wd_of = {}, {}
@@ -203,7 +218,7 @@ def test_param_groups_layer_decay_and_no_weight_decay():
     assert lr_of[id(v.norm.weight)] == pytest.approx(1.0)
     assert lr_of[id(s.backbone.st_token)] == 5.0 and wd_of[id(s.backbone.st_token)] == 0
     assert lr_of[id(s.heads["visium"].linear.weight)] == 5.0
-    assert lr_of[id(s.dino_head.prototypes)] == 1.0
+    assert lr_of[id(s.dino_head.prototypes)] == 7.0  # its own lr: a fresh head must move
     for p in (v.pos_embed, v.cls_token, v.reg_token, v.blocks[0].attn.qkv.bias, v.norm.weight):
         assert wd_of[id(p)] == 0.0
     assert wd_of[id(v.blocks[0].attn.qkv.weight)] == cfg.weight_decay
@@ -252,7 +267,7 @@ def test_zero_weights_remove_modules_and_views(shards):
     batch = next(iter(TrainStream(index, crops, 4, shuffle_buffer=0)))
     assert batch["global"].shape[1] == 1 and batch["local"] is None
     parts = t.train_step(batch, 0)
-    assert set(parts) == {"loss", "loss_visium", "loss_anchor"}
+    assert set(parts) == {"loss", "loss_visium", "loss_anchor"}  # no DINO statistics
     t2 = MintTrainer(
         TrainConfig.from_dict({**SMALL, "w_anchor": 0, "w_visium": 0}),
         index.vocab_sizes,
@@ -262,7 +277,14 @@ def test_zero_weights_remove_modules_and_views(shards):
     batch = next(iter(TrainStream(index, t2.multicrop(), 4, shuffle_buffer=0)))
     assert batch["global"].shape[1] == 2 and batch["local"].shape[1] == 2
     parts = t2.train_step(batch, 0)
-    assert set(parts) == {"loss", "loss_xenium", "loss_dino"}
+    assert set(parts) == {
+        "loss",
+        "loss_xenium",
+        "loss_dino",
+        "teacher_entropy",
+        "dino_kl",
+        "teacher_marginal_entropy",
+    }
 
 
 # -- data -----------------------------------------------------------------------------------

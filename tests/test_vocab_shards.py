@@ -13,7 +13,7 @@ import scanpy as sc
 import webdataset as wds
 
 from mint.cli import main
-from mint.data.shards import plan
+from mint.data.shards import plan, val_sources
 from mint.data.tiles import TileWriter, read_info
 from mint.data.vocab import build_vocab
 from mint.errors import MintError
@@ -236,7 +236,10 @@ def test_shards_round_trip(data, tmp_path):
     assert main(shard_args) == 0
     index = json.loads((out / "index.json").read_text())
     total = sum(len(t["counts"]) for t in tiles.values())
-    n_val = round(0.2 * total)
+    # whole samples: 0.2 of 3 Visium samples rounds to 0 -> at least one; the only Xenium
+    # sample stays in training
+    assert len(index["val_samples"]) == 1 and index["val_samples"][0].startswith("SV")
+    n_val = sum(len(tiles[s]["counts"]) for s in index["val_samples"])
     assert (index["n_train"], index["n_val"]) == (total - n_val, n_val)
     assert index["vocab"] == vocab and index["version"] == 1
     assert index["counts"] == {"visium": 52, "xenium": 14}
@@ -259,6 +262,14 @@ def test_shards_round_trip(data, tmp_path):
     assert max(len(v) for v in per_shard.values()) >= 3
     val_keys = {s["__key__"] for s in samples if "/val-" in s["__url__"]}
     assert len(val_keys) == n_val
+    # the held-out split holds whole samples only: no tile of a training slide, all of a val one
+    val_of = {s["json"]["sample"] for s in samples if "/val-" in s["__url__"]}
+    train_of = {s["json"]["sample"] for s in samples if "/train-" in s["__url__"]}
+    assert val_of == set(index["val_samples"]) and not val_of & train_of
+    for sid, rec in index["samples"].items():
+        held = sid in index["val_samples"]
+        assert rec["split"] == ("val" if held else "train")
+        assert (rec["n_val"], rec["n_train"]) == ((rec["n"], 0) if held else (0, rec["n"]))
 
     sums = {m: [np.zeros(len(vocab[m])) for _ in range(3)] for m in vocab}
     for s in samples:
@@ -339,13 +350,15 @@ def test_shards_refuse_bench_samples(data, tmp_path):
     assert not list(out.glob("*.tar")) if out.exists() else True
 
 
-def test_plan_is_a_seeded_partition():
+def test_plan_is_a_seeded_partition_by_whole_samples():
     sizes = [5, 0, 11, 3]
     train, val = plan(sizes, 0.25, seed=1)
     pairs = {tuple(p) for p in np.concatenate([train, val])}
     assert len(pairs) == 19 == len(train) + len(val)
     assert pairs == {(s, r) for s, n in enumerate(sizes) for r in range(n)}
-    assert len(val) == 5
+    held = set(val[:, 0].tolist())
+    assert len(held) == 1 and not held & set(train[:, 0].tolist())  # one whole sample
+    assert len(val) == sizes[held.pop()]
     t2, v2 = plan(sizes, 0.25, seed=1)
     np.testing.assert_array_equal(train, t2)
     np.testing.assert_array_equal(val, v2)
@@ -353,3 +366,18 @@ def test_plan_is_a_seeded_partition():
     assert not np.array_equal(train, t3)
     t0, v0 = plan(sizes, 0.0, seed=1)
     assert len(v0) == 0 and len(t0) == 19
+
+
+def test_val_split_holds_whole_samples_of_each_modality():
+    """The demo's layout (3 Visium + 1 ST spot samples, 2 Xenium): one held-out slide per
+    modality, every tile of it in val and none in train; a lone modality stays in training."""
+    sizes = [185, 154, 190, 39, 35, 32]
+    groups = ["visium"] * 4 + ["xenium"] * 2
+    for seed in range(5):
+        train, val = plan(sizes, 0.1, seed=seed, groups=groups)
+        held = set(val[:, 0].tolist())
+        assert not held & set(train[:, 0].tolist())
+        assert sorted(groups[i] for i in held) == ["visium", "xenium"]
+        assert len(val) == sum(sizes[i] for i in held)
+    assert len(val_sources(["visium", "visium", "xenium"], 0.5, seed=0)) == 1  # lone xenium kept
+    assert len(val_sources(["visium"] * 100, 0.02, seed=0)) == 2

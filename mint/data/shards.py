@@ -2,8 +2,12 @@
 
 Order: one seeded permutation over every (sample, row) pair of every tile file, so a shard mixes
 all slides and all technologies (a shard per slide would feed the model one slide at a time).
-A seeded fraction of tiles (chosen by tile, not by slide) goes to ``val-*.tar``; the rest is cut
-into ``train-*.tar`` shards of ``--samples-per-shard`` tiles in permutation order.
+Validation holds whole samples, never tiles of training slides (neighbouring spots of one slide
+are nearly the same image, so a tile-level split would give an optimistic held-out loss): per
+modality (Visium-like spots, Xenium-like cells) a seeded ``--val-fraction`` of the samples,
+rounded, at least one wherever the modality has two or more samples, goes to ``val-*.tar``;
+index.json lists them under ``val_samples``. The rest is cut into ``train-*.tar`` shards of
+``--samples-per-shard`` tiles in permutation order.
 
 Memory: each tile's image is read by h5 random access (one chunk per patch) in shard order, and
 the targets of one shard (already on the vocabulary, float16) are read per sample in row order
@@ -115,18 +119,41 @@ def targets_on_vocab(expr: np.ndarray, src: Source, size: int) -> np.ndarray:
     return out
 
 
-def plan(sizes: list[int], val_fraction: float, seed: int):
-    """(train pairs, val pairs) as (K, 2) int64 arrays of (source, row) in shuffled order."""
+def val_sources(groups: list[str], val_fraction: float, seed: int) -> np.ndarray:
+    """Indices of the sources held out for validation, whole samples per group (modality).
+
+    In each group of n sources, round(val_fraction * n) are drawn (seeded), at least 1 when
+    val_fraction > 0 and n >= 2, and never all n (training keeps every modality).
+    """
+    rng = np.random.default_rng(seed)
+    chosen: list[int] = []
+    for g in sorted(set(groups)):
+        members = np.array([i for i, x in enumerate(groups) if x == g], np.int64)
+        n = len(members)
+        k = int(round(val_fraction * n))
+        if val_fraction > 0 and n >= 2:
+            k = min(max(k, 1), n - 1)
+        else:
+            k = 0
+        chosen.extend(int(i) for i in members[rng.permutation(n)[:k]])
+    return np.array(sorted(chosen), np.int64)
+
+
+def plan(sizes: list[int], val_fraction: float, seed: int, groups: list[str] | None = None):
+    """(train pairs, val pairs) as (K, 2) int64 arrays of (source, row) in shuffled order.
+
+    Validation holds every row of the sources `val_sources` picks (whole samples, per group;
+    `groups` None: one group) and no row of any other source.
+    """
     total = int(sum(sizes))
     pairs = np.zeros((total, 2), np.int64)
     pairs[:, 0] = np.repeat(np.arange(len(sizes)), sizes)
     pairs[:, 1] = np.concatenate([np.arange(n) for n in sizes]) if sizes else []
+    held = val_sources(groups if groups is not None else [""] * len(sizes), val_fraction, seed)
     rng = np.random.default_rng(seed)
     pairs = pairs[rng.permutation(total)]
-    n_val = int(round(val_fraction * total))
-    if val_fraction > 0 and total > 1:
-        n_val = min(max(n_val, 1), total - 1)
-    return pairs[n_val:], pairs[:n_val]
+    is_val = np.isin(pairs[:, 0], held)
+    return pairs[~is_val], pairs[is_val]
 
 
 class _Handles:
@@ -459,7 +486,18 @@ def write_shards(
     sources, qc_rows = coverage_qc(
         _sources(tiles, vocab), vocab, min_coverage, exclude_low_coverage
     )
-    train, val = plan([s.info.n for s in sources], val_fraction, seed)
+    train, val = plan(
+        [s.info.n for s in sources], val_fraction, seed, [s.modality for s in sources]
+    )
+    for m in MODALITIES:
+        in_mod = [s for s in sources if s.modality == m]
+        if val_fraction > 0 and len(in_mod) == 1:
+            log.warning(
+                "%s: the only %s sample stays in training; no held-out %s slide",
+                in_mod[0].info.sample_id,
+                m,
+                m,
+            )
     if len(train) == 0:
         raise MintError(f"shards {out_dir}: no tiles to write")
 
@@ -511,6 +549,7 @@ def write_shards(
             "n": int(src.info.n),
             "n_train": int(n_train_by_src[i]),
             "n_val": int(n_val_by_src[i]),
+            "split": "val" if n_val_by_src[i] else "train",
             "modality": src.modality,
             "technology": src.info.technology,
             "level": src.info.level,
@@ -534,6 +573,7 @@ def write_shards(
         "n_train": int(len(train)),
         "n_val": int(len(val)),
         "samples": samples,
+        "val_samples": sorted(sid for sid, rec in samples.items() if rec["split"] == "val"),
         "shards": [written[j[0].name] for j in jobs if j[0].name.startswith("train")],
         "val_shards": [written[j[0].name] for j in jobs if j[0].name.startswith("val")],
         "excluded": {r["sample"]: r["reason"] for r in qc_rows if r["status"] == "excluded"},
@@ -564,7 +604,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vocab-dir", type=Path, help="folder with visium.txt, xenium.txt")
     p.add_argument("--out-dir", type=Path)
     p.add_argument("--samples-per-shard", type=int, default=2000)
-    p.add_argument("--val-fraction", type=float, default=0.02)
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.02,
+        help="fraction of the samples of each modality held out whole for validation",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jpeg-quality", type=int, default=95)
     p.add_argument("--workers", type=int, default=1, help="shard-writing processes")

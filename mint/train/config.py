@@ -32,6 +32,7 @@ class TrainConfig:
     batch_size: int = 64  # per process
     lr: float = 2e-5  # backbone (top layer); lower layers get lr * layer_decay**depth_from_top
     head_lr: float = 1e-3  # ST token and expression heads
+    dino_head_lr: float = 1e-3  # DINO projection head (starts from scratch, like the heads)
     weight_decay: float = 0.05
     layer_decay: float = 0.9
     warmup_steps: int | None = None  # None: 10 % of steps
@@ -41,6 +42,7 @@ class TrainConfig:
     w_xenium: float = 1.0
     w_dino: float = 1.0
     w_anchor: float = 1.0
+    anchor_patch_tokens: bool = False  # also anchor every patch token (not only CLS)
     # multi-crop
     n_local_crops: int = 8
     global_crop_size: int = 224
@@ -51,9 +53,10 @@ class TrainConfig:
     dino_prototypes: int = 65536
     dino_hidden_dim: int = 2048
     dino_bottleneck_dim: int = 256
+    dino_head_bn: bool = False  # batch norm in the DINO head's hidden layers (DINO's use_bn)
     student_temp: float = 0.1
-    teacher_temp: float = 0.04
-    teacher_temp_final: float = 0.07
+    teacher_temp_start: float = 0.04  # warm-up start (DINOv2's warmup_teacher_temp)
+    teacher_temp_final: float = 0.07  # after the warm-up (DINOv2's teacher_temp)
     teacher_temp_warmup_steps: int | None = None  # None: 30 % of steps
     center_momentum: float = 0.9
     ema_momentum: float = 0.992
@@ -81,6 +84,9 @@ class TrainConfig:
         if not isinstance(params, dict):
             raise MintError(f"train {source}: expected a JSON object, got {type(params).__name__}")
         names = set(cls.field_names())
+        for old, new in RENAMED.items():
+            if old in params:
+                raise MintError(f"train {source}: {old} was renamed {new}")
         unknown = sorted(k for k in params if k not in names)
         if unknown:
             raise MintError(
@@ -117,7 +123,16 @@ class TrainConfig:
             raise bad("steps", "must be >= 1")
         if self.batch_size < 1:
             raise bad("batch_size", "must be >= 1")
-        for k in ("w_visium", "w_xenium", "w_dino", "w_anchor", "lr", "head_lr", "weight_decay"):
+        for k in (
+            "w_visium",
+            "w_xenium",
+            "w_dino",
+            "w_anchor",
+            "lr",
+            "head_lr",
+            "dino_head_lr",
+            "weight_decay",
+        ):
             if getattr(self, k) < 0:
                 raise bad(k, "must be >= 0")
         if not 0 < self.layer_decay <= 1:
@@ -165,6 +180,12 @@ class TrainConfig:
     @property
     def use_anchor(self) -> bool:
         return self.w_anchor > 0
+
+
+# Keys that changed name: a clear error instead of "unknown key".
+RENAMED = {
+    "teacher_temp": "teacher_temp_start (warm-up start; teacher_temp_final is the value after it)"
+}
 
 
 def _frac(value: int | None, steps: int, fraction: float) -> int:

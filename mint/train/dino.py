@@ -2,7 +2,8 @@
 
 Reimplemented from the DINO/DINOv2 papers' description (not their code):
 
-* DINOHead: MLP in -> hidden -> hidden -> bottleneck (GELU), L2-normalised bottleneck, then a
+* DINOHead: MLP in -> hidden -> hidden -> bottleneck (GELU; with `use_bn` a batch norm after each
+  hidden Linear, as DINO's `use_bn` option), L2-normalised bottleneck, then a
   weight-normalised prototype layer without bias whose weight norm is fixed to 1 (each
   prototype row is normalised in the forward pass, which is weight norm with g = 1).
 * DINOLoss: teacher probabilities softmax((t - center) / tau_t) on the global crops, student
@@ -10,6 +11,13 @@ Reimplemented from the DINO/DINOv2 papers' description (not their code):
   student crop) pairs of different crops, averaged. The center is an EMA of the teacher's batch
   mean (all-reduced across processes) and is updated after the loss is computed.
 * EMA teacher update and the cosine momentum / linear teacher-temperature schedules.
+
+Health statistics (`DINOLoss.loss_and_stats`): the teacher's mean per-sample entropy H(q), the
+student-teacher KL (cross-entropy minus H(q), exact since every teacher crop enters the same
+number of pairs) and the entropy of the teacher's batch-mean distribution. A teacher entropy at
+ln K means uniform collapse (centering has removed everything that differs between tiles: the
+loss is ln K and carries no signal); a marginal entropy near 0 means every tile picks the same
+prototype (dimension collapse).
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ class DINOHead(nn.Module):
         hidden_dim: int = 2048,
         bottleneck_dim: int = 256,
         n_layers: int = 3,
+        use_bn: bool = False,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
@@ -37,6 +46,12 @@ class DINOHead(nn.Module):
         for i in range(n_layers):
             layers.append(nn.Linear(dims[i], dims[i + 1]))
             if i < n_layers - 1:
+                if use_bn:
+                    # batch statistics in train and eval mode alike (the EMA teacher runs in
+                    # eval mode and has no running statistics of its own to trust): features
+                    # that share a large common component across tiles (a little-trained
+                    # backbone) are spread out before the prototypes see them
+                    layers.append(nn.BatchNorm1d(dims[i + 1], track_running_stats=False))
                 layers.append(nn.GELU())
         self.mlp = nn.Sequential(*layers)
         # prototype layer: weight-normed, norm fixed to 1, no bias
@@ -78,6 +93,18 @@ class DINOLoss(nn.Module):
         n_global: int = 2,
     ) -> torch.Tensor:
         """student_out [n_crops*B, K] (globals first, view-major), teacher_out [n_global*B, K]."""
+        return self.loss_and_stats(student_out, teacher_out, teacher_temp, n_crops, n_global)[0]
+
+    def loss_and_stats(
+        self,
+        student_out: torch.Tensor,
+        teacher_out: torch.Tensor,
+        teacher_temp: float,
+        n_crops: int,
+        n_global: int = 2,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss and detached health statistics (nats): teacher_entropy, dino_kl,
+        teacher_marginal_entropy (see module docstring)."""
         t = F.softmax((teacher_out.float() - self.center) / teacher_temp, dim=-1).detach()
         teacher_chunks = t.chunk(n_global)
         student_chunks = F.log_softmax(student_out.float() / self.student_temp, dim=-1).chunk(
@@ -91,7 +118,15 @@ class DINOLoss(nn.Module):
                     continue  # the student never matches the teacher on the same crop
                 total = total + torch.sum(-q * logp, dim=-1).mean()
                 n_terms += 1
-        return total / max(n_terms, 1)
+        loss = total / max(n_terms, 1)
+        with torch.no_grad():
+            h = entropy(t).mean()
+            stats = {
+                "teacher_entropy": h,
+                "dino_kl": loss.detach() - h,
+                "teacher_marginal_entropy": entropy(t.mean(dim=0)),
+            }
+        return loss, stats
 
     @torch.no_grad()
     def update_center(self, teacher_out: torch.Tensor) -> None:
@@ -103,6 +138,11 @@ class DINOLoss(nn.Module):
         batch_center = batch_sum / count
         m = self.center_momentum
         self.center.mul_(m).add_(batch_center, alpha=1 - m)
+
+
+def entropy(p: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy (nats) over the last dimension of probabilities `p`."""
+    return -(p * torch.log(p.clamp_min(1e-30))).sum(dim=-1)
 
 
 @torch.no_grad()

@@ -32,6 +32,30 @@ def encoder_state(backbone: STTokenViT, heads: ExpressionHeads | None) -> dict[s
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in holder.state_dict().items()}
 
 
+def timm_state_dict(backbone: STTokenViT) -> dict[str, torch.Tensor]:
+    """The wrapped ViT's own weights under timm's key names (no ST token), on CPU: saved with
+    safetensors they load as `timm:<arch>@<file>` (or any timm model of the same architecture).
+    Used to export a self-supervised pretraining run (`MintTrainer.pretrained_backbone()`)."""
+    return {
+        k: v.detach().to("cpu").contiguous().clone() for k, v in backbone.vit.state_dict().items()
+    }
+
+
+def save_timm_weights(backbone: STTokenViT, path: Path) -> Path:
+    """`timm_state_dict(backbone)` as safetensors at `path` (atomically, readable like the
+    model export)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        save_file(timm_state_dict(backbone), str(tmp), metadata={"format": "pt"})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+    return path
+
+
 def export_model(
     out_dir: str | Path,
     backbone: STTokenViT,

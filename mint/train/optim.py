@@ -7,8 +7,11 @@ warm-up + cosine learning-rate schedule.
   layers hold the most general features; decaying their lr protects them.
 * The ST token and the expression heads get `head_lr`: they start from a copy of CLS / from
   scratch and must move much further than the pretrained weights.
-* The DINO head starts from scratch too but feeds a self-distillation target; it gets `lr`
-  (no layer decay), as in DINOv2.
+* The DINO head starts from scratch too and gets its own `dino_head_lr` (no layer decay). DINOv2
+  trains head and backbone at one lr because both start from scratch; when fine-tuning, the
+  backbone's lr (2e-5) leaves a fresh head nearly where it started, its outputs barely differ
+  between tiles, centering removes the rest and the teacher goes uniform (loss = ln K, no
+  signal). The shared warm-up (`warmup_steps`) ramps this lr up like every other.
 * No weight decay on biases, norm weights, LayerScale gammas (all 1-D) and tokens / position
   embeddings (cls_token, reg_token, pos_embed, st_token).
 """
@@ -37,10 +40,15 @@ def _no_decay(name: str, p: nn.Parameter) -> bool:
 
 
 def build_param_groups(
-    student: nn.Module, lr: float, head_lr: float, weight_decay: float, layer_decay: float
+    student: nn.Module,
+    lr: float,
+    head_lr: float,
+    weight_decay: float,
+    layer_decay: float,
+    dino_head_lr: float | None = None,
 ) -> list[dict]:
     """Parameter groups for a MintStudent-like module with `backbone` (STTokenViT),
-    optional `heads` and optional `dino_head` children."""
+    optional `heads` and optional `dino_head` children. `dino_head_lr` None: `lr`."""
     depth = len(student.backbone.vit.blocks)
     groups: dict[tuple, dict] = {}
     buckets: dict[tuple, list] = defaultdict(list)
@@ -58,7 +66,7 @@ def build_param_groups(
             group_lr = head_lr
         elif name.startswith("dino_head."):
             key = ("dino_head", 0, wd)
-            group_lr = lr
+            group_lr = lr if dino_head_lr is None else dino_head_lr
         else:
             key = ("other", 0, wd)
             group_lr = lr

@@ -8,12 +8,21 @@ One step (per process, batch of B tiles):
    modality;
 3. DINO: the student's CLS of every crop through the DINO head vs the EMA teacher on the global
    views (centred, temperature-scheduled);
-4. anchoring: 1 - cos(student CLS, frozen pretrained CLS) on the global views;
+4. anchoring: 1 - cos(student CLS, frozen pretrained CLS) on the global views (plus the same on
+   every patch token with `anchor_patch_tokens`); the frozen copy runs in the student's autocast;
 5. L = w_visium L_visium + w_xenium L_xenium + w_dino L_dino + w_anchor L_anchor. A weight of 0
    removes the term *and* its compute: no head, no teacher / DINO head / second global view /
    local crops, or no frozen copy;
 6. AdamW step (gradients clipped; DINO prototypes frozen for the first steps), lr schedule, EMA
    teacher update, DINO center update.
+
+Modes by weights: `w_visium = w_xenium = w_anchor = 0` is self-supervised DINO pretraining (no
+expression heads; `mint.train.export.timm_state_dict` turns the result into plain timm weights);
+`st_token: false, w_dino = w_anchor = 0` is the plain regression fine-tune baseline.
+
+Health: besides the losses, metrics.csv logs the teacher's mean entropy and the student-teacher
+KL; at the end `health.json` (next to metrics.csv) says whether DINO collapsed (see
+`dino_health`), and a collapse is logged as a WARNING.
 """
 
 from __future__ import annotations
@@ -49,7 +58,7 @@ from mint.train.config import TrainConfig
 from mint.train.data import ShardIndex, TrainStream, ValStream, in_order, make_loader, read_index
 from mint.train.dino import DINOHead, DINOLoss, cosine_momentum, ema_update, teacher_temperature
 from mint.train.distributed import DistContext, barrier, cleanup, init_distributed
-from mint.train.export import export_model
+from mint.train.export import export_model, save_timm_weights
 from mint.train.losses import FrozenAnchor, anchor_loss, masked_mse
 from mint.train.optim import WarmupCosine, build_param_groups
 from mint.train.preempt import Preempted, StopSignals
@@ -64,6 +73,10 @@ METRIC_COLUMNS = [
     "loss_xenium",
     "loss_dino",
     "loss_anchor",
+    "loss_anchor_patch",
+    "teacher_entropy",
+    "dino_kl",
+    "teacher_marginal_entropy",
     "lr",
     "images_per_s",
 ]
@@ -77,6 +90,12 @@ RUNTIME_ONLY_FIELDS = {
     "grad_checkpointing",
     "keep_checkpoints",
 }
+# Averaged per log window like the losses (train rows only).
+STAT_COLUMNS = ("teacher_entropy", "dino_kl", "teacher_marginal_entropy")
+# Final teacher entropy at or above this fraction of ln K counts as uniform collapse.
+UNIFORM_COLLAPSE_RATIO = 0.95
+# Final teacher marginal entropy below this fraction of ln K: every tile on a few prototypes.
+DIMENSION_COLLAPSE_RATIO = 0.1
 
 
 def modality_weight(cfg: TrainConfig, modality: str) -> float:
@@ -107,9 +126,12 @@ class MintStudent(nn.Module):
         local_views: torch.Tensor | None = None,
         n_global: int = 1,
         regression_only: bool = False,
+        patch_tokens: bool = False,
     ) -> dict[str, Any]:
-        out = self.backbone(global_views)
+        out = self.backbone(global_views, return_tokens=patch_tokens)
         res: dict[str, Any] = {"cls_global": out["cls"]}
+        if patch_tokens:
+            res["patches_global"] = out["patch_tokens"]
         if self.heads is not None:
             b = global_views.shape[0] // n_global
             token = out["st"] if self.backbone.has_st else out["cls"]
@@ -175,7 +197,7 @@ class MintTrainer:
         if cfg.use_anchor:
             frozen_vit = copy.deepcopy(vit)
             enable_dynamic_img_size(frozen_vit)
-            self.frozen = FrozenAnchor(frozen_vit, dtype=self.amp_dtype).to(self.device)
+            self.frozen = FrozenAnchor(frozen_vit).to(self.device)  # fp32, student's autocast
         backbone = STTokenViT(vit, st_token=cfg.st_token, st_isolation=cfg.st_isolation)
         backbone.set_grad_checkpointing(cfg.grad_checkpointing)
         self.patch_size = backbone.patch_size
@@ -188,6 +210,7 @@ class MintTrainer:
                 cfg.dino_prototypes,
                 cfg.dino_hidden_dim,
                 cfg.dino_bottleneck_dim,
+                use_bn=cfg.dino_head_bn,
             )
         self.student = MintStudent(backbone, heads, dino_head).to(self.device)
         self.teacher: Teacher | None = None
@@ -200,7 +223,12 @@ class MintTrainer:
             self.dino_loss = DINOLoss(cfg.dino_prototypes, cfg.student_temp, cfg.center_momentum)
             self.dino_loss.to(self.device)
         groups = build_param_groups(
-            self.student, cfg.lr, cfg.head_lr, cfg.weight_decay, cfg.layer_decay
+            self.student,
+            cfg.lr,
+            cfg.head_lr,
+            cfg.weight_decay,
+            cfg.layer_decay,
+            dino_head_lr=cfg.dino_head_lr,
         )
         fused = self.device.type == "cuda"
         self.optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999), fused=fused)
@@ -259,7 +287,8 @@ class MintTrainer:
         parts: dict[str, Any] = {}
         total = torch.zeros((), device=self.device)
         with self.autocast():
-            out = self.module(g, loc, n_global=self.n_global)
+            patches = self.frozen is not None and cfg.anchor_patch_tokens
+            out = self.module(g, loc, n_global=self.n_global, patch_tokens=patches)
             if self.student.heads is not None:
                 for m, pred in out["pred"].items():
                     tgt = batch["targets"][m].to(self.device, non_blocking=True)
@@ -271,18 +300,26 @@ class MintTrainer:
                 t_out = self.teacher(g)
                 temp = teacher_temperature(
                     step,
-                    cfg.teacher_temp,
+                    cfg.teacher_temp_start,
                     cfg.teacher_temp_final,
                     cfg.resolved_teacher_temp_warmup_steps,
                 )
                 n_crops = self.n_global + (self.n_local if loc is not None else 0)
-                loss_dino = self.dino_loss(out["dino"], t_out, temp, n_crops, self.n_global)
+                loss_dino, stats = self.dino_loss.loss_and_stats(
+                    out["dino"], t_out, temp, n_crops, self.n_global
+                )
                 parts["loss_dino"] = (loss_dino.detach(), None)
+                for k, v in stats.items():
+                    parts[k] = (v, None)
                 parts["_teacher_out"] = t_out
                 total = total + cfg.w_dino * loss_dino
             if self.frozen is not None:
-                ref = self.frozen(g)
-                loss_anchor = anchor_loss(out["cls_global"], ref)
+                ref = self.frozen(g, patch_tokens=patches)
+                loss_anchor = anchor_loss(out["cls_global"], ref["cls"])
+                if patches:
+                    loss_patch = anchor_loss(out["patches_global"], ref["patches"])
+                    parts["loss_anchor_patch"] = (loss_patch.detach(), None)
+                    loss_anchor = loss_anchor + loss_patch
                 parts["loss_anchor"] = (loss_anchor.detach(), None)
                 total = total + cfg.w_anchor * loss_anchor
         return total, parts
@@ -341,6 +378,12 @@ class MintTrainer:
         if res:
             res["loss"] = loss
         return res
+
+    def pretrained_backbone(self) -> STTokenViT:
+        """The backbone to keep after self-supervised pretraining: the EMA teacher's (DINO's
+        final model, smoother than the student's), or the student's when DINO is off. Pass it
+        to `mint.train.export.timm_state_dict` for a plain timm state dict."""
+        return self.teacher.backbone if self.teacher is not None else self.student.backbone
 
     # -- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -512,7 +555,7 @@ class LossAverager:
 
     def add(self, parts: dict[str, Any]) -> None:
         for k, (value, count) in parts.items():
-            if not k.startswith("loss"):
+            if not (k.startswith("loss") or k in STAT_COLUMNS):
                 continue
             valid = torch.ones((), device=self.device) if count is None else (count > 0).float()
             self.sums[k] = self.sums.get(k, 0) + value.float() * valid
@@ -538,6 +581,77 @@ class LossAverager:
         return {k: float(s[i] / c[i]) for i, k in enumerate(keys) if c[i] > 0}
 
 
+# -- health ---------------------------------------------------------------------------------
+def dino_health(rows: list[dict[str, Any]], cfg: TrainConfig) -> dict[str, Any]:
+    """DINO's state at the end of training from the last logged train window of metrics.csv.
+
+    status: "off" (w_dino 0), "not_logged" (no train row with the statistics), "ok",
+    "uniform_collapse" (teacher entropy >= UNIFORM_COLLAPSE_RATIO x ln K: every tile gets the
+    same flat distribution, the DINO loss is ln K and teaches nothing) or "dimension_collapse"
+    (marginal entropy <= DIMENSION_COLLAPSE_RATIO x ln K: every tile on the same prototypes).
+    """
+    if not cfg.use_dino:
+        return {"status": "off"}
+    ln_k = math.log(cfg.dino_prototypes)
+    last = None
+    for r in rows:
+        if r.get("split") == "train" and r.get("teacher_entropy") not in ("", None):
+            last = r
+    if last is None:
+        return {"status": "not_logged", "ln_k": ln_k}
+    h = float(last["teacher_entropy"])
+    marginal = float(last["teacher_marginal_entropy"])
+    status = "ok"
+    if h >= UNIFORM_COLLAPSE_RATIO * ln_k:
+        status = "uniform_collapse"
+    elif marginal <= DIMENSION_COLLAPSE_RATIO * ln_k:
+        status = "dimension_collapse"
+    return {
+        "status": status,
+        "step": int(last["step"]),
+        "ln_k": ln_k,
+        "teacher_entropy": h,
+        "teacher_entropy_ratio": h / ln_k,
+        "teacher_marginal_entropy": marginal,
+        "dino_kl": float(last["dino_kl"]),
+        "loss_dino": float(last["loss_dino"]),
+        "thresholds": {
+            "uniform_collapse_ratio": UNIFORM_COLLAPSE_RATIO,
+            "dimension_collapse_ratio": DIMENSION_COLLAPSE_RATIO,
+        },
+    }
+
+
+def health_report(rows: list[dict[str, Any]], cfg: TrainConfig) -> dict[str, Any]:
+    """health.json's content: {"dino": dino_health(...), "warnings": [one line each]}."""
+    dino = dino_health(rows, cfg)
+    warnings = []
+    if dino["status"] == "uniform_collapse":
+        warnings.append(
+            f"DINO uniform collapse: teacher entropy {dino['teacher_entropy']:.3f} nats at step "
+            f"{dino['step']} is {100 * dino['teacher_entropy_ratio']:.0f}% of ln K = "
+            f"{dino['ln_k']:.3f}; the DINO term carried no signal (raise dino_head_lr, lower "
+            "teacher_temp_final, or train longer)"
+        )
+    elif dino["status"] == "dimension_collapse":
+        warnings.append(
+            f"DINO dimension collapse: the teacher's batch-mean entropy "
+            f"{dino['teacher_marginal_entropy']:.3f} nats at step {dino['step']} (ln K = "
+            f"{dino['ln_k']:.3f}): every tile maps to the same few prototypes"
+        )
+    return {"dino": dino, "warnings": warnings}
+
+
+def write_health(out_dir: Path, rows: list[dict[str, Any]], cfg: TrainConfig) -> dict[str, Any]:
+    """Write out_dir/health.json and log each warning as a WARNING."""
+    report = health_report(rows, cfg)
+    for w in report["warnings"]:
+        log.warning("%s", w)
+    with atomic_path(out_dir / "health.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
 # -- the run --------------------------------------------------------------------------------
 def train(
     cfg: TrainConfig,
@@ -545,6 +659,7 @@ def train(
     out_dir: str | Path,
     device: str = "auto",
     stop_after: int | None = None,
+    timm_out: str | Path | None = None,
 ) -> Path | None:
     """Train (or resume) one MINT run; export on completion. Returns out_dir, or None if it
     stopped early at `stop_after` steps (used to test preemption and resume).
@@ -553,11 +668,15 @@ def train(
     checkpoint and raise `Preempted`; the next call resumes from there. After a successful
     export checkpoints/ is removed (unless `keep_checkpoints`), so that a rerun forced by
     deleting the outputs trains again instead of re-exporting the final checkpoint.
+
+    `timm_out`: also write `MintTrainer.pretrained_backbone()` (the EMA teacher's backbone when
+    DINO is on) as a plain timm state dict in safetensors, loadable as `timm:<arch>@<file>`;
+    this is how a self-supervised pretraining run hands its weights on.
     """
     ctx = init_distributed(device)
     try:
         with StopSignals() as stop:
-            return _train(cfg, Path(index_path), Path(out_dir), ctx, stop_after, stop)
+            return _train(cfg, Path(index_path), Path(out_dir), ctx, stop_after, stop, timm_out)
     finally:
         cleanup()
 
@@ -569,6 +688,7 @@ def _train(
     ctx: DistContext,
     stop_after: int | None,
     stop: StopSignals,
+    timm_out: str | Path | None = None,
 ) -> Path | None:
     index = read_index(index_path)
     # Damaged or truncated shards: one line naming the file, before anything is written.
@@ -768,6 +888,7 @@ def _train(
         metrics.close()
         del it
     if ctx.is_main:
+        write_health(out_dir, metrics.rows, cfg)
         export_model(
             out_dir,
             trainer.student.backbone,
@@ -780,6 +901,9 @@ def _train(
             name=out_dir.name,
         )
         log.info("exported %s", out_dir)
+        if timm_out is not None:
+            save_timm_weights(trainer.pretrained_backbone(), Path(timm_out))
+            log.info("pretrained backbone (timm state dict) written to %s", timm_out)
         if not cfg.keep_checkpoints:
             # a finished run leaves no checkpoint: a forced rerun must retrain, not re-export
             shutil.rmtree(ckpt_dir, ignore_errors=True)
