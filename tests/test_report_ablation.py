@@ -98,6 +98,10 @@ def test_health_is_read_from_either_place(tmp_path):
     assert read_health(tmp_path) is None
     (tmp_path / "config.json").write_text(json.dumps({"health": {"teacher_entropy": 3.5}}))
     assert read_health(tmp_path) == {"teacher_entropy": 3.5}
+    assert (
+        health_summary({"dino": {"teacher_entropy": 3.5}, "warnings": []})
+        == "teacher_entropy 3.500"
+    )
     (tmp_path / "health.json").write_text(json.dumps({"warnings": "collapsed"}))
     assert health_summary(read_health(tmp_path)) == "WARNING: collapsed"
     assert health_summary(None) == "–"

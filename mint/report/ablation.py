@@ -119,10 +119,11 @@ def health_summary(rec: dict | None) -> str:
         warnings = [warnings]
     if warnings:
         return "WARNING: " + "; ".join(str(w) for w in warnings)
+    stats = rec.get("dino") if isinstance(rec.get("dino"), dict) else rec
     parts = []
-    for key in ("status", "teacher_entropy", "teacher_entropy_final", "ln_k", "kl", "collapsed"):
-        if key in rec:
-            v = rec[key]
+    for key in ("status", "teacher_entropy", "teacher_entropy_ratio", "ln_k", "dino_kl"):
+        if key in stats:
+            v = stats[key]
             parts.append(f"{key} {v:.3f}" if isinstance(v, float) else f"{key} {v}")
     return ", ".join(parts) or "ok"
 

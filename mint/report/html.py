@@ -332,6 +332,9 @@ def training_section(
             f = Figure("training_pretrain", "Pretraining of the demo base model", _fig_to_png(fig))
             figs.append(f)
             sec.blocks.append("<h3>base model pretraining</h3>")
+            health = read_health(Path(pretrain_metrics).parent)
+            if health is not None:
+                sec.blocks.append(f"<p>DINO health: {html.escape(health_summary(health))}</p>")
             sec.blocks.append(_img_tag(f))
     for run, path in zip(runs, metrics, strict=True):
         df = _read_csv(path, f"metrics of run {run}")
