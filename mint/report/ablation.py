@@ -217,7 +217,7 @@ def ablation_notes(table: pd.DataFrame, n_classes: int | None = None) -> list[st
     if gain.notna().any():
         best = runs.loc[gain.idxmax()]
         notes.append(
-            f"HEST-Bench (cls): every run vs base {b['HEST-Bench cls']:.3f}; best "
+            f"HEST-Bench (cls): base {b['HEST-Bench cls']:.3f}; best run "
             f"{best['model']} {best['HEST-Bench cls']:.3f} (fold std about "
             f"{runs['± fold std (cls)'].mean():.3f}, so differences between runs smaller than "
             "that are not resolved by this benchmark)."
