@@ -98,6 +98,10 @@ def test_health_is_read_from_either_place(tmp_path):
     assert read_health(tmp_path) is None
     (tmp_path / "config.json").write_text(json.dumps({"health": {"teacher_entropy": 3.5}}))
     assert read_health(tmp_path) == {"teacher_entropy": 3.5}
+    assert (
+        health_summary({"dino": {"teacher_entropy": 3.5}, "warnings": []})
+        == "teacher_entropy 3.500"
+    )
     (tmp_path / "health.json").write_text(json.dumps({"warnings": "collapsed"}))
     assert health_summary(read_health(tmp_path)) == "WARNING: collapsed"
     assert health_summary(None) == "–"
@@ -108,3 +112,22 @@ def test_provenance_names_commit_versions_config_and_device():
     assert rec["config hash (sha256 of the resolved config)"] == "abc123"
     for key in ("git commit", "torch", "timm", "device", "date (UTC)", "mint"):
         assert rec[key], key
+
+
+def test_ablation_notes_say_what_the_numbers_say():
+    from mint.report.ablation import ablation_notes
+
+    table = pd.DataFrame(
+        [
+            {"model": "base", "role": "base", "HEST-Bench cls": 0.4, "± fold std (cls)": 0.02,
+             "CKA to base": 1.0, "morphology probe": 0.26, "DINO health": "–"},
+            {"model": "mint", "role": "run", "HEST-Bench cls": 0.5, "± fold std (cls)": 0.02,
+             "CKA to base": 0.8, "morphology probe": 0.3, "DINO health": "WARNING: collapse"},
+            {"model": "finetune", "role": "run", "HEST-Bench cls": 0.45, "± fold std (cls)": 0.02,
+             "CKA to base": 0.9, "morphology probe": 0.3, "DINO health": "–"},
+        ]
+    )  # fmt: skip
+    text = " ".join(ablation_notes(table, n_classes=4))
+    assert "MINT does not keep more of the base than the plain fine-tune" in text
+    assert "finetune 0.900, mint 0.800" in text
+    assert "near chance" in text and "DINO health warnings for: mint" in text

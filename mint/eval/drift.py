@@ -176,7 +176,12 @@ def morphology_probe(spec: str, root: Path, batch_size: int = 32, seed: int = 0)
     )
     clf.fit(x_train, train_y)
     score = balanced_accuracy_score(test_y, clf.predict(x_test))
-    return {"balanced_accuracy": float(score), "n_train": len(train_y), "n_test": len(test_y)}
+    return {
+        "balanced_accuracy": float(score),
+        "n_train": len(train_y),
+        "n_test": len(test_y),
+        "n_classes": int(len(np.unique(train_y))),
+    }
 
 
 # --------------------------------------------------------------------------- the stage
@@ -210,6 +215,7 @@ def drift(
             "base": round(base_score["balanced_accuracy"], 6),
             "n_train": run_score["n_train"],
             "n_test": run_score["n_test"],
+            "n_classes": run_score["n_classes"],
         }
     return result
 

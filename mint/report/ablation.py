@@ -119,10 +119,11 @@ def health_summary(rec: dict | None) -> str:
         warnings = [warnings]
     if warnings:
         return "WARNING: " + "; ".join(str(w) for w in warnings)
+    stats = rec.get("dino") if isinstance(rec.get("dino"), dict) else rec
     parts = []
-    for key in ("status", "teacher_entropy", "teacher_entropy_final", "ln_k", "kl", "collapsed"):
-        if key in rec:
-            v = rec[key]
+    for key in ("status", "teacher_entropy", "teacher_entropy_ratio", "ln_k", "dino_kl"):
+        if key in stats:
+            v = stats[key]
             parts.append(f"{key} {v:.3f}" if isinstance(v, float) else f"{key} {v}")
     return ", ".join(parts) or "ok"
 
@@ -187,6 +188,51 @@ def ablation_table(
                 rows[0]["morphology probe"] = _num(d["morphology"].get("base"))
                 break
     return pd.DataFrame(rows)
+
+
+def ablation_notes(table: pd.DataFrame, n_classes: int | None = None) -> list[str]:
+    """Plain sentences on what the ablation table says, whatever it says."""
+    notes: list[str] = []
+    runs = table[table["role"] == "run"]
+    base = table[table["role"] == "base"]
+    if runs.empty or base.empty:
+        return notes
+    b = base.iloc[0]
+    cka = runs.dropna(subset=["CKA to base"])
+    if not cka.empty:
+        order = cka.sort_values("CKA to base", ascending=False)
+        notes.append(
+            "Kept most of the base representation (CKA): "
+            + ", ".join(f"{r['model']} {r['CKA to base']:.3f}" for _, r in order.iterrows())
+            + "."
+        )
+        by = cka.set_index("model")
+        if "mint" in by.index and "finetune" in by.index:
+            m, f = by.at["mint", "CKA to base"], by.at["finetune", "CKA to base"]
+            verdict = "keeps more of" if m > f else "does not keep more of"
+            notes.append(
+                f"MINT {verdict} the base than the plain fine-tune (CKA {m:.3f} vs {f:.3f})."
+            )
+    gain = runs["HEST-Bench cls"] - b["HEST-Bench cls"]
+    if gain.notna().any():
+        best = runs.loc[gain.idxmax()]
+        notes.append(
+            f"HEST-Bench (cls): base {b['HEST-Bench cls']:.3f}; best run "
+            f"{best['model']} {best['HEST-Bench cls']:.3f} (fold std about "
+            f"{runs['± fold std (cls)'].mean():.3f}, so differences between runs smaller than "
+            "that are not resolved by this benchmark)."
+        )
+    morph = b.get("morphology probe")
+    if n_classes and morph is not None and not math.isnan(morph) and morph < 1.5 / n_classes:
+        notes.append(
+            f"The base model's morphology probe is near chance ({morph:.3f}, chance "
+            f"{1 / n_classes:.3f}): it did not learn the nuclear variants in pretraining, so "
+            "there is no morphology to forget and the morphology column cannot separate the runs."
+        )
+    warned = [r["model"] for _, r in runs.iterrows() if str(r["DINO health"]).startswith("WARN")]
+    if warned:
+        notes.append("DINO health warnings for: " + ", ".join(warned) + ".")
+    return notes
 
 
 def paired_gene_table(

@@ -334,6 +334,9 @@ def training_section(
             f = Figure("training_pretrain", "Pretraining of the demo base model", _fig_to_png(fig))
             figs.append(f)
             sec.blocks.append("<h3>base model pretraining</h3>")
+            health = read_health(Path(pretrain_metrics).parent)
+            if health is not None:
+                sec.blocks.append(f"<p>DINO health: {html.escape(health_summary(health))}</p>")
             sec.blocks.append(_img_tag(f))
     for run, path in zip(runs, metrics, strict=True):
         df = _read_csv(path, f"metrics of run {run}")
@@ -380,6 +383,7 @@ def ablation_section(
     runs: list[str],
 ) -> tuple[Section, list[Figure]]:
     from mint.report.ablation import (
+        ablation_notes,
         ablation_table,
         error_bar_figure,
         leaderboard_with_ours,
@@ -403,10 +407,17 @@ def ablation_section(
         "the held-out HEST-Bench patches (1 = nothing forgotten). <b>Morphology probe</b>: "
         "balanced accuracy of a logistic-regression probe on CLS for the synthetic nuclear-variant "
         "task, which the expression signal does not encode (drift stage; the same task's eva "
-        "score is in the EVA column when eva runs only that task). A forward-only check; see the "
-        "notes below for what the numbers say.</p>"
+        "score is in the EVA column when eva runs only that task).</p>"
     )
     sec.blocks.append(_table(table, "Ablation table", 3))
+    n_classes = None
+    for d in drift.values():
+        if (d or {}).get("morphology", {}).get("n_classes"):
+            n_classes = int(d["morphology"]["n_classes"])
+    notes = ablation_notes(table, n_classes)
+    if notes:
+        items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+        sec.blocks.append(f"<p class='caption'>What the numbers say</p><ul>{items}</ul>")
     genes = paired_gene_table(results, base, runs)
     if not genes.empty:
         sec.blocks.append(

@@ -2,6 +2,8 @@
 # base model's and the run's CLS embeddings of the HEST-Bench patches (held-out slides; read
 # from the bench stage's embedding cache), plus a linear probe on the synthetic morphology task.
 
+import shlex
+
 DRIFT = config["drift"]
 
 
@@ -25,7 +27,7 @@ rule drift_run:
         mem_mb=scaled(8000),
         runtime=60,
     params:
-        base=BASE_SPEC,
+        base=shlex.quote(BASE_SPEC),
         model=folder_of("model"),
         morphology=lambda wc, input: (
             f"--morphology {input.morphology}" if input.morphology else ""

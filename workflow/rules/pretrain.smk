@@ -3,6 +3,8 @@
 # synthetic tiles of tissue that is neither a training nor a bench sample; its checkpoint is a
 # plain timm state dict that every later stage loads as `<base_model>@<file>`.
 
+import shlex
+
 if PRETRAIN_CKPT:
 
     rule pretrain:
@@ -20,9 +22,10 @@ if PRETRAIN_CKPT:
             runtime=PRETRAIN["runtime"],
             gpu=PRETRAIN["gpus"],
         params:
-            arch=config["base_model"],
+            # quoted: config values never become shell syntax
+            arch=shlex.quote(config["base_model"]),
             opts=f"--n-tiles {PRETRAIN['n_tiles']} --seed {PRETRAIN['seed']}",
-            hp=json.dumps(PRETRAIN["params"], sort_keys=True),
+            hp=shlex.quote(json.dumps(PRETRAIN["params"], sort_keys=True)),
         shell:
             "mint pretrain --arch {params.arch} --out {output} {params.opts} "
-            "--params '{params.hp}' 2> {log}"
+            "--params {params.hp} 2> {log}"
