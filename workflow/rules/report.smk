@@ -24,16 +24,17 @@ rule report:
         ENV
     threads: 1
     resources:
-        mem_mb=scaled(4000),
-        runtime=30,
+        mem_mb=memory_mb(4000),
+        runtime=runtime_min(30),
     params:
-        base=BASE_KEY,
+        base=q(BASE_KEY),
         runs=" ".join(RUNS),
-        eva=lambda wc, input: f"--eva {input.eva}" if "eva" in input.keys() else "",
-        n_tiles=config["report"]["n_example_tiles"],
+        eva=lambda wc, input: opt("--eva", input.eva) if "eva" in input.keys() else "",
+        n_tiles=q(config["report"]["n_example_tiles"]),
     shell:
-        "mint report --samples {input.samples} --leakage {input.leakage} --bench {input.bench} "
-        "{params.eva} --metrics {input.metrics} --runs {params.runs} --base {params.base} "
-        "--shards {input.shards} --example-wsi {input.wsi} --example-st {input.st} --metadata {input.metadata} "
-        "--n-example-tiles {params.n_tiles} --out {output.html} --figures-dir {output.figures} "
-        "2> {log}"
+        MINT + " report --samples {input.samples:q} --leakage {input.leakage:q} "
+        "--bench {input.bench:q} {params.eva} --metrics {input.metrics:q} --runs {params.runs} "
+        "--base {params.base} --shards {input.shards:q} --example-wsi {input.wsi:q} "
+        "--example-st {input.st:q} --metadata {input.metadata:q} "
+        "--n-example-tiles {params.n_tiles} --out {output.html:q} "
+        "--figures-dir {output.figures:q} 2> {log:q}"
