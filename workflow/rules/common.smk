@@ -149,6 +149,9 @@ for _task in BENCH_TASKS:
     check_name(_task, "HEST-Bench task", "config 'bench_data.tasks'")
 
 # ---------------------------------------------------------------- models
+check_backbone(config["base_model"], "base_model")
+for _spec in config["extra_models"]:
+    check_backbone(_spec, "extra_models")
 # Each run's `mint train` parameters, checked by TrainConfig (the job's own parser) now.
 TRAIN_PARAMS = train_run_params(config)
 RUNS = list(TRAIN_PARAMS)
@@ -159,9 +162,6 @@ def model_key(spec):
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", spec).strip("_.-")
 
 
-check_backbone(config["base_model"], "base_model")
-for _spec in config["extra_models"]:
-    check_backbone(_spec, "extra_models")
 BASE_KEY = model_key(config["base_model"])
 MODEL_SPECS = {BASE_KEY: config["base_model"]}
 for _spec in config["extra_models"]:
@@ -386,7 +386,7 @@ EVA_OFFLINE = [t for t in EVA_TASKS if EVA_TASK_SPECS[t].offline]
 EVA_ONLINE = [t for t in EVA_TASKS if not EVA_TASK_SPECS[t].offline]
 
 
-def eva_common_args(wildcards):
+def eva_common_args(wildcards, accelerator=None):
     """The flags every `mint eva` job shares that change its result (a change reruns it)."""
     return opts(
         opt("--task", wildcards.eva_task),
@@ -395,7 +395,7 @@ def eva_common_args(wildcards):
         opt("--data-root", EVA_ROOT),
         "--download" if EVA["download"] else "--no-download",
         opt("--embedding", EVA["embedding"]),
-        opt("--accelerator", EVA["accelerator"]),
+        opt("--accelerator", accelerator or EVA["accelerator"]),
         opt("--overrides", json.dumps(EVA_OVERRIDES, sort_keys=True)),
     )
 

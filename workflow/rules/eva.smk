@@ -77,7 +77,8 @@ rule eva_fit:
         runtime=runtime_min(720),
         num_workers=EVA["num_workers"],
     params:
-        common=eva_common_args,
+        # a CPU job: the head trains on the CPU whatever eva.accelerator says for the GPU jobs
+        common=lambda wc: eva_common_args(wc, accelerator="cpu"),
         embeddings=lambda wc: opt(
             "--embeddings-dir", f"results/eva/embeddings/{wc.model}/{wc.eva_task}"
         ),
