@@ -65,6 +65,26 @@ def check_backbone(spec: str, key: str) -> str:
     return spec
 
 
+def _typed(params: dict) -> dict:
+    """Values given with `snakemake --config` arrive as strings ("0.0003"): read a string as YAML
+    where the TrainConfig field is not a string, so a number typed on the command line is a
+    number. Anything that is still the wrong type is refused by TrainConfig, naming the key."""
+    import dataclasses
+
+    from mint.train.config import TrainConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    out = {}
+    for key, value in params.items():
+        if isinstance(value, str) and key in defaults and not isinstance(defaults[key], str):
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                pass
+        out[key] = value
+    return out
+
+
 def train_run_params(config: dict) -> dict[str, dict]:
     """Each run's full `mint train` parameters (defaults + its overrides), checked by
     `TrainConfig.from_dict` (the job's own parser) and returned as plain JSON values.
@@ -76,15 +96,16 @@ def train_run_params(config: dict) -> dict[str, dict]:
     from mint.train.config import TrainConfig
 
     train = config["train"]
-    TrainConfig.from_dict(dict(train.get("defaults") or {}), source="config 'train.defaults'")
+    defaults = _typed(dict(train.get("defaults") or {}))
+    TrainConfig.from_dict(defaults, source="config 'train.defaults'")
     runs = {}
     for run, overrides in (train.get("runs") or {}).items():
         key = f"train.runs.{run}"
         check_name(run, "run name", "config 'train.runs'")
         if overrides is not None and not isinstance(overrides, dict):
             raise MintError(f"config '{key}': expected a mapping of hyperparameters")
-        params = dict(train.get("defaults") or {})
-        params.update(overrides or {})
+        params = dict(defaults)
+        params.update(_typed(overrides or {}))
         params.setdefault("backbone", config["base_model"])
         checked = TrainConfig.from_dict(params, source=f"config '{key}'").to_dict()
         check_backbone(params["backbone"], f"{key}.backbone")

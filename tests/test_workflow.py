@@ -198,6 +198,7 @@ def test_slurm_profile_plans_full_real_run_and_submits_profile_resources(tmp_pat
     # Per-sample download + tile jobs are grouped: ceil(577 / 20) group jobs.
     size = int(profile["group-components"][0].split("=")[1])
     assert proc.stdout.count("Group job sample") == -(-577 // size)
+    assert "localrules" not in profile  # declared in the Snakefile
 
 
 def test_profile_cannot_set_the_training_gpu_count(tmp_path):
@@ -458,3 +459,62 @@ def test_snakemake_report_includes_the_figures(demo_run, tmp_path):
     out = tmp_path / "snakemake_report.zip"
     run_snakemake(["--report", str(out), "--configfile", str(REPO / "config/demo.yaml")], demo_run)
     assert out.exists() and out.stat().st_size > 10000
+
+
+FAKE_SBATCH = """#!/bin/bash
+printf '%s\\n' "$*" >> "$FAKE_SLURM_DIR/sbatch.calls"
+echo $((1000 + $(wc -l < "$FAKE_SLURM_DIR/sbatch.calls")))
+"""
+# every submitted job reports FAILED at the first status check, so the run stops after the
+# first wave of submissions (what is ready before any job has run)
+FAKE_SACCT = """#!/bin/bash
+n=$(wc -l < "$FAKE_SLURM_DIR/sbatch.calls" 2>/dev/null || echo 0)
+for i in $(seq 1 "$n"); do echo "$((1000 + i))|FAILED"; done
+"""
+FAKE_OTHERS = {
+    "sacctmgr": 'echo "YOUR_ACCOUNT"\n',
+    "scontrol": 'echo "MaxArraySize = 1001"; echo "MinJobAge = 300"\n',
+    "squeue": "exit 0\n",
+    "sinfo": "exit 0\n",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("sbatch") is not None, reason="a real cluster: don't submit")
+def test_fake_sbatch_submits_groups_and_runs_quick_rules_locally(tmp_path):
+    """The shipped profile with the SLURM executor and a fake sbatch on PATH (as the plugin's
+    own tests do): the 577 samples' download + tile jobs go out as ceil(577 / 20) group jobs of
+    bounded size, `select` runs locally, and only GPU rules ask for GPUs."""
+    import os
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in {"sbatch": FAKE_SBATCH, "sacct": FAKE_SACCT, **FAKE_OTHERS}.items():
+        (bin_dir / name).write_text(body if body.startswith("#!") else "#!/bin/bash\n" + body)
+        (bin_dir / name).chmod(0o755)
+    work = tmp_path / "run"
+    work.mkdir()
+    env = snakemake_env()
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    env["FAKE_SLURM_DIR"] = str(tmp_path)
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
+    cmd += ["--profile", str(REPO / "workflow/profiles/slurm")]
+    cmd += ["--configfile", str(REPO / "config/config.yaml"), "--retries", "0"]
+    cmd += ["--slurm-init-seconds-before-status-checks", "1", "--latency-wait", "1"]
+    subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=1500)
+    calls = (tmp_path / "sbatch.calls").read_text().splitlines()
+    first = [c for c in calls if "--attempt 1 " in c]
+    groups = [c for c in first if "--comment rule_sample_" in c]
+    profile = yaml.safe_load((REPO / "workflow/profiles/slurm/config.yaml").read_text())
+    size = int(profile["group-components"][0].split("=")[1])
+    assert len(groups) == -(-577 // size), len(groups)
+    for call in groups:
+        assert f"--cpus-per-task={profile['cores']}" in call and "--gpus" not in call, call
+        assert "--mem 32000" in call, call
+    # quick rules never reach sbatch; select ran here
+    assert not [c for c in calls if "--comment rule_select" in c]
+    assert (work / "results/samples.tsv").exists()
+    # GPUs only for the GPU rules of the first wave
+    for call in first:
+        gpu_rule = "rule_eva_predict" in call or "rule_eva_fit_online" in call
+        assert ("--gpus=" in call) == gpu_rule, call[:400]

@@ -128,13 +128,12 @@ def test_training_and_eva_settings_are_checked_at_parse_time(tmp_path, key, valu
     assert needle in out, out[-2000:]
 
 
-def test_config_on_the_command_line_is_checked_like_the_file(tmp_path):
-    """`--config` values arrive as strings; a value of the wrong type is refused, naming it."""
-    proc = run_snakemake(
-        ["-n", "--configfile", str(REPO / "config/demo.yaml")]
-        + ["--config", "train={defaults: {lr: '0.0003'}}"],
-        tmp_path,
-        check=False,
-    )
+def test_config_on_the_command_line_is_coerced_or_refused_naming_the_key(tmp_path):
+    """`--config` values arrive as strings: a number is read as a number (the plan shows it in
+    the training parameters); a value that is not one is refused, naming the key."""
+    demo = ["-n", "-p", "--configfile", str(REPO / "config/demo.yaml")]
+    proc = run_snakemake([*demo, "--config", "train={defaults: {lr: 0.0003}}"], tmp_path)
+    assert '"lr": 0.0003' in proc.stdout
+    proc = run_snakemake([*demo, "--config", "train={defaults: {lr: fast}}"], tmp_path, check=False)
     assert proc.returncode != 0
     assert "config 'train.defaults': lr must be a number" in proc.stdout + proc.stderr

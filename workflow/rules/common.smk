@@ -51,7 +51,7 @@ def opts(*parts):
 # rules do not rely on PATH). With --sdm conda the job's `python` is the env's, and the package
 # is found from the workflow folder (envs/mint.yaml holds its dependencies, not the package).
 if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
-    PYTHON = f"PYTHONPATH={q(WORKFLOW_DIR)}${{PYTHONPATH:+:$PYTHONPATH}} python"
+    PYTHON = f"env PYTHONPATH={q(WORKFLOW_DIR)}${{PYTHONPATH:+:$PYTHONPATH}} python"
 else:
     PYTHON = q(sys.executable)
 MINT = f"{PYTHON} -m mint.cli"
