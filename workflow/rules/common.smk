@@ -21,6 +21,7 @@ from mint.hest.metadata import level_of, read_metadata
 from mint.hest.select import SelectionConfig, select_samples
 from mint.safe import check_name
 from mint.synth.hest import synthetic_metadata
+from mint.train.preempt import preemption_count
 from snakemake.settings.types import DeploymentMethod
 
 WORKFLOW_DIR = Path(workflow.basedir)
@@ -237,10 +238,6 @@ def check_profile_gpus():
 
 check_profile_gpus()
 
-# Exit code of `mint train` (and of the launcher) after a checkpoint-and-exit on SIGTERM or
-# SIGUSR1: the job is to be resumed, not treated as a memory failure (see mint.train.preempt).
-EXIT_RESUME = 75
-
 
 def torch_launcher(gpus, nodes=1):
     """`mint` for one process; else `mint.train.launch` (torchrun, which forwards SIGUSR1 and
@@ -269,10 +266,10 @@ def memory_mb(mb):
 
 def train_memory_mb(wildcards, attempt):
     """mem_mb of a training job: grows only for attempts that did not end in a checkpoint-and-
-    exit. Each preemption or time-limit stop is recorded by `mint train` (one line in
-    preemptions.log); those attempts were not memory failures and do not count."""
-    log = Path(f"results/models/{wildcards.run}/preemptions.log")
-    resumed = len(log.read_text().splitlines()) if log.is_file() else 0
+    exit (exit code 75). Each preemption or time-limit stop is recorded by `mint train` (one line
+    in preemptions.log, removed when the run finishes); those attempts were not memory failures
+    and do not count. Lines left by an earlier invocation can only make the growth smaller."""
+    resumed = preemption_count(f"results/models/{wildcards.run}")
     failures = max(0, attempt - 1 - resumed)
     return min(TRAIN["mem_mb"] * 2**failures, CLUSTER["max_mem_mb"])
 
