@@ -99,8 +99,9 @@ class _Resources(dict):
 def planned_jobs(stdout: str, rule: str) -> list[SimpleNamespace]:
     """Jobs of `rule` in a dry-run's output, with their threads and resources."""
     jobs = []
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", stdout):
-        if not re.match(rf"(?:local)?rule {rule}:", block):
+    # jobs of a group (per-sample download + tile) are printed indented under "Group job"
+    for block in re.split(r"\n(?=\s*(?:local)?rule \w+:)", stdout):
+        if not re.match(rf"\s*(?:local)?rule {rule}:", block):
             continue
         block = re.split(r"\n\[|\n\n", block)[0]
         threads = int(re.search(r"threads: (\d+)", block).group(1)) if "threads:" in block else 1
