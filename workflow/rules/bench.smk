@@ -34,8 +34,7 @@ rule embed:
         spec=model_spec,
         cache=folder_of(0, of="output"),
     shell:
-        MINT
-        + " embed --model {params.spec} --bench-dir {params.bench} --task {wildcards.task} "
+        "mint embed --model {params.spec} --bench-dir {params.bench} --task {wildcards.task} "
         "--out-dir {params.cache} --batch-size {resources.batch_size} "
         "--num-workers {resources.num_workers} 2> {log:q}"
 
@@ -65,7 +64,7 @@ rule probe:
         ),
         seed=q(BENCH_CFG["seed"]),
     shell:
-        MINT + " probe --embeddings {params.cache} --bench-dir {params.bench} "
+        "mint probe --embeddings {params.cache} --bench-dir {params.bench} "
         "--task {wildcards.task} --model {wildcards.model} {params.variants} {params.pca} "
         "--seed {params.seed} --out {output:q} 2> {log:q}"
 
@@ -84,4 +83,4 @@ rule bench:
         mem_mb=2000,
         runtime=10,
     shell:
-        MINT + " bench-summary --inputs {input:q} --out {output:q} 2> {log:q}"
+        "mint bench-summary --inputs {input:q} --out {output:q} 2> {log:q}"

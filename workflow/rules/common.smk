@@ -9,6 +9,7 @@
 #   - every id that becomes a path (sample, run, task, model key) is checked by
 #     `mint.safe.check_name` here, at parse time, naming the value and where it came from.
 import json
+import os
 import re
 import shlex
 import sys
@@ -48,14 +49,21 @@ def opts(*parts):
     return " ".join(p for p in parts if p)
 
 
-# `mint` as this Python runs it, so the workflow works from a venv that is not activated (the
-# rules do not rely on PATH). With --sdm conda the job's `python` is the env's, and the package
-# is found from the workflow folder (envs/mint.yaml holds its dependencies, not the package).
+# Shell lines call `mint` (and `python` for torchrun). This Python's bin folder is put first on
+# PATH in this process's environment, which every job's shell inherits (on SLURM each job
+# re-parses this file), so `.venv/bin/snakemake` works without an activated venv. With
+# --sdm conda the env's bin folder comes first (the env has the dependencies, not the package):
+# `mint` is then workflow/bin/mint, which runs the package from this folder with the env's python.
+envvars:
+    "PATH",
+
+
 if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
-    PYTHON = f"env PYTHONPATH={q(WORKFLOW_DIR)}${{PYTHONPATH:+:$PYTHONPATH}} python"
+    _bin = WORKFLOW_DIR / "workflow" / "bin"
 else:
-    PYTHON = q(sys.executable)
-MINT = f"{PYTHON} -m mint.cli"
+    _bin = Path(sys.executable).parent
+_path = os.environ["PATH"]
+os.environ["PATH"] = os.pathsep.join([str(_bin), _path])
 
 
 def project_path(path):
@@ -243,8 +251,8 @@ def torch_launcher(gpus, nodes=1):
     """`mint` for one process; else `mint.train.launch` (torchrun, which forwards SIGUSR1 and
     SIGTERM to every rank) with `gpus` processes per node, under srun across nodes."""
     if gpus <= 1 and nodes <= 1:
-        return MINT
-    launch = f"{PYTHON} -m mint.train.launch"
+        return "mint"
+    launch = "python -m mint.train.launch"
     if nodes > 1:
         return (
             f"srun --overlap --nodes={nodes} --ntasks-per-node=1 {launch} --nnodes={nodes} "
@@ -268,7 +276,8 @@ def train_memory_mb(wildcards, attempt):
     """mem_mb of a training job: grows only for attempts that did not end in a checkpoint-and-
     exit (exit code 75). Each preemption or time-limit stop is recorded by `mint train` (one line
     in preemptions.log, removed when the run finishes); those attempts were not memory failures
-    and do not count. Lines left by an earlier invocation can only make the growth smaller."""
+    and do not count. Lines left by an earlier invocation can only make the growth smaller.
+    """
     resumed = preemption_count(f"results/models/{wildcards.run}")
     failures = max(0, attempt - 1 - resumed)
     return min(TRAIN["mem_mb"] * 2**failures, CLUSTER["max_mem_mb"])
@@ -312,7 +321,7 @@ wildcard_constraints:
 
 # ---------------------------------------------------------------- download
 DOWNLOAD_CMD = (
-    MINT + " download --source {params.source} --sample {wildcards.sample} "
+    "mint download --source {params.source} --sample {wildcards.sample} "
     "--out-dir {params.hest} --metadata {input:q} {params.extra} 2> {log:q}"
 )
 

@@ -20,8 +20,7 @@ if SOURCE == "synthetic":
             hest=folder_of(0, of="output"),
             synth=SYNTH_ARGS,
         shell:
-            MINT
-            + " synth --metadata-only --out {params.hest} {params.synth} 2> {log:q}"
+            "mint synth --metadata-only --out {params.hest} {params.synth} 2> {log:q}"
 
 
 rule download_sample:
@@ -82,7 +81,7 @@ rule download_bench_task:
         source=q(BENCH_SOURCE),
         extra=bench_source_args(),
     shell:
-        MINT + " download-bench --source {params.source} --task {wildcards.task} "
+        "mint download-bench --source {params.source} --task {wildcards.task} "
         "--out-dir {params.bench} {params.extra} 2> {log:q}"
 
 

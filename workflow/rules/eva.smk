@@ -24,7 +24,7 @@ rule eva_synthetic_data:
         n=q(config["synthetic"]["eva_patches_per_class"]),
         seed=q(config["synthetic"]["seed"]),
     shell:
-        MINT + " eva make-synthetic --out {output:q} --patches-per-class {params.n} "
+        "mint eva make-synthetic --out {output:q} --patches-per-class {params.n} "
         "--seed {params.seed} 2> {log:q}"
 
 
@@ -51,7 +51,7 @@ rule eva_predict:
     params:
         common=eva_common_args,
     shell:
-        MINT + " eva predict {params.common} --num-workers {resources.num_workers} "
+        "mint eva predict {params.common} --num-workers {resources.num_workers} "
         "--embeddings-dir {output:q} 2> {log:q}"
 
 
@@ -85,7 +85,7 @@ rule eva_fit:
         runs=lambda wc: q(f"results/eva/runs/{wc.model}/{wc.eva_task}"),
         out=lambda wc: q(f"results/eva/{wc.model}/{wc.eva_task}"),
     shell:
-        MINT + " eva fit {params.common} --num-workers {resources.num_workers} "
+        "mint eva fit {params.common} --num-workers {resources.num_workers} "
         "{params.embeddings} --run-root {params.runs} --out-dir {params.out} 2> {log:q}"
 
 
@@ -129,4 +129,4 @@ rule eva:
         mem_mb=2000,
         runtime=10,
     shell:
-        MINT + " eva summary --inputs {input:q} --out {output:q} 2> {log:q}"
+        "mint eva summary --inputs {input:q} --out {output:q} 2> {log:q}"

@@ -32,7 +32,7 @@ rule report:
         eva=lambda wc, input: opt("--eva", input.eva) if "eva" in input.keys() else "",
         n_tiles=q(config["report"]["n_example_tiles"]),
     shell:
-        MINT + " report --samples {input.samples:q} --leakage {input.leakage:q} "
+        "mint report --samples {input.samples:q} --leakage {input.leakage:q} "
         "--bench {input.bench:q} {params.eva} --metrics {input.metrics:q} --runs {params.runs} "
         "--base {params.base} --shards {input.shards:q} --example-wsi {input.wsi:q} "
         "--example-st {input.st:q} --metadata {input.metadata:q} "

@@ -21,5 +21,5 @@ rule select:
         source=q(SOURCE),
         filters=selection_args(),
     shell:
-        MINT + " select --metadata {input:q} --out {output.samples} "
+        "mint select --metadata {input:q} --out {output.samples} "
         "--leakage-out {output.leakage} --source {params.source} {params.filters} 2> {log:q}"

@@ -24,8 +24,7 @@ rule vocab:
         n_top=q(config["vocab"]["n_top_genes"]),
         tasks=" ".join(BENCH_TASKS),
     shell:
-        MINT
-        + " vocab --tiles {input.tiles} --bench-dir {params.bench} --bench-tasks {params.tasks} "
+        "mint vocab --tiles {input.tiles} --bench-dir {params.bench} --bench-tasks {params.tasks} "
         "--n-top-genes {params.n_top} --out-dir results/genes 2> {log:q}"
 
 
@@ -58,7 +57,6 @@ rule shards:
         # Leakage guard: shards refuse any tile of a bench sample.
         tasks=" ".join(BENCH_TASKS),
     shell:
-        MINT
-        + " shards --tiles {input.tiles} --vocab-dir results/genes --out-dir {output} "
+        "mint shards --tiles {input.tiles} --vocab-dir results/genes --out-dir {output} "
         "--bench-dir {params.bench} --bench-tasks {params.tasks} --workers {threads} {params.opts} "
         "2> {log:q}"

@@ -32,7 +32,7 @@ rule tile_sample:
             "" if TILE["drop_controls"] else "--keep-controls",
         ),
     shell:
-        MINT + " tile --sample {wildcards.sample} --hest-dir {params.hest} "
+        "mint tile --sample {wildcards.sample} --hest-dir {params.hest} "
         "--metadata {input.metadata:q} --out {output:q} {params.opts} --threads {threads} "
         "2> {log:q}"
 

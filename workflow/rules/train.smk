@@ -35,10 +35,11 @@ rule train_run:
         runtime=TRAIN["runtime"],
     params:
         hp=lambda wc: q(train_params(wc.run)),
+        # the process layout is a param: the world size changes the global batch (and result)
+        launcher=torch_launcher(TRAIN["gpus"], TRAIN["nodes"]),
         out=lambda wc: q(f"results/models/{wc.run}"),
     shell:
-        torch_launcher(TRAIN["gpus"], TRAIN["nodes"])
-        + " train --index {input:q}/index.json --out-dir {params.out} --params {params.hp} "
+        "{params.launcher} train --index {input:q}/index.json --out-dir {params.out} --params {params.hp} "
         "2> {log:q}"
 
 
