@@ -55,7 +55,8 @@ def test_each_result_setting_reruns_only_its_consumers(demo_copy, tmp_path):
     cfg = _demo()
     cfg["eva"]["overrides"]["max_steps"] += 1
     counts = _plan(demo_copy, cfg, tmp_path)
-    assert set(counts) == {"eva_fit", "eva", "report"}, counts
+    # eva's protocol reaches predict (batch sizes, precision) and fit
+    assert set(counts) == {"eva_predict", "eva_fit", "eva", "report"}, counts
     cfg = _demo()
     cfg["bench"]["seed"] += 1
     counts = _plan(demo_copy, cfg, tmp_path)
