@@ -4,6 +4,8 @@
 #   snakemake --cores 2 --configfile config/demo.yaml          # the synthetic demo, CPU
 #   snakemake --profile workflow/profiles/slurm --configfile config/config.yaml
 import os
+import signal
+import threading
 
 from snakemake.utils import min_version, validate
 
@@ -26,6 +28,15 @@ check_config(
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
+# SLURM sends SIGUSR1 (--signal=USR1@600, before the time limit) to every process of the job
+# step, this Snakemake included; by default it would exit at once (138) and take the training
+# with it. Ignored here, the signal is also ignored by the job's shell (bash keeps a disposition
+# it inherited as ignored); `mint train` and its torchrun launcher install their own handlers and
+# checkpoint. Only this process's disposition changes; it is not a config value.
+if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/download.smk"
 include: "workflow/rules/select.smk"
@@ -37,6 +48,18 @@ include: "workflow/rules/bench.smk"
 include: "workflow/rules/eva.smk"
 include: "workflow/rules/drift.smk"
 include: "workflow/rules/report.smk"
+
+
+# Quick jobs that read a few small files: run by Snakemake itself, never submitted to SLURM.
+localrules:
+    all,
+    select,
+    bench,
+    eva,
+    download,
+    download_bench,
+    tile,
+    train,
 
 
 rule all:

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from mint.cli import main
 from mint.train.config import TrainConfig
-from mint.train.preempt import StopSignals
+from mint.train.preempt import EXIT_RESUME, StopSignals
 from mint.train.toy import write_toy_shards
 from mint.train.trainer import latest_checkpoint, train
 
@@ -231,7 +231,8 @@ def test_sigterm_checkpoints_exits_nonzero_and_resumes_identically(shards, tmp_p
             if proc.poll() is None:
                 proc.kill()
     child_log = (tmp_path / "child.log").read_text()
-    assert rc == 128 + signal.SIGTERM, child_log
+    assert rc == EXIT_RESUME, child_log  # "checkpointed, resume me", not a kill
+    assert (out / "preemptions.log").read_text().startswith("SIGTERM step=")
     assert child_log.count("SIGTERM received") == 1  # the workers ignored it
     ckpt = latest_checkpoint(out / "checkpoints")
     assert ckpt is not None, child_log
@@ -239,6 +240,7 @@ def test_sigterm_checkpoints_exits_nonzero_and_resumes_identically(shards, tmp_p
     assert steps // 4 <= stopped < steps  # written by the handler, not the periodic schedule
     assert not (out / "model.safetensors").exists()
     assert _run_main(shards, out, SIGNAL_PARAMS) == 0  # the requeued job
+    assert not (out / "preemptions.log").exists()  # a finished run starts the count afresh
     _assert_same_metrics(_rows(ref / "metrics.csv"), _rows(out / "metrics.csv"))
     _assert_same_weights(ref, out)
 

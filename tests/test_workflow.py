@@ -99,8 +99,9 @@ class _Resources(dict):
 def planned_jobs(stdout: str, rule: str) -> list[SimpleNamespace]:
     """Jobs of `rule` in a dry-run's output, with their threads and resources."""
     jobs = []
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", stdout):
-        if not re.match(rf"(?:local)?rule {rule}:", block):
+    # jobs of a group (per-sample download + tile) are printed indented under "Group job"
+    for block in re.split(r"\n(?=\s*(?:local)?rule \w+:)", stdout):
+        if not re.match(rf"\s*(?:local)?rule {rule}:", block):
             continue
         block = re.split(r"\n\[|\n\n", block)[0]
         threads = int(re.search(r"threads: (\d+)", block).group(1)) if "threads:" in block else 1
@@ -160,49 +161,108 @@ def test_slurm_profile_plans_full_real_run_and_submits_profile_resources(tmp_pat
     assert counts.get("eva_fit", 0) >= 2 * 8
     real = yaml.safe_load((REPO / "config/config.yaml").read_text())
 
-    # What sbatch gets for each GPU rule is what the profile says.
-    for rule in ["train_run", "embed", "eva_predict", "eva_fit"]:
+    # What sbatch gets for each GPU rule: the profile's partition and GPU model, the config's
+    # GPU count (the only place it is set), the rule's time limit.
+    gpus = {
+        "train_run": real["train"]["gpus"],
+        "embed": real["bench"]["gpus"],
+        "eva_predict": real["eva"]["gpus"],
+        "eva_fit_online": real["eva"]["gpus"],
+    }
+    for rule, n_gpus in gpus.items():
         want = profile["set-resources"][rule]
         jobs = planned_jobs(proc.stdout, rule)
         assert jobs, rule
         call = sbatch_call(jobs[0])
-        assert f"--gpus={want['gpu_model']}:{want['gpu']}" in call, call
+        assert f"--gpus={want['gpu_model']}:{n_gpus}" in call, call
         assert f"--cpus-per-gpu={want['cpus_per_gpu']}" in call, call
         assert "--cpus-per-task" not in call, call
-        assert f"-t {want['runtime']}" in call and "--requeue" in call, call
+        assert f"-t {jobs[0].resources['runtime']}" in call and "--requeue" in call, call
         assert f"-p {want['slurm_partition']}" in call, call
     train_call = sbatch_call(planned_jobs(proc.stdout, "train_run")[0])
     assert f"--mem {real['train']['mem_mb']}" in train_call
+    assert f"-t {real['train']['runtime']}" in train_call
     assert "--signal=USR1@600" in train_call  # checkpoint-and-exit before the time limit
+    # Offline eva fits train a head on stored embeddings: no GPU, the CPU partition.
+    fits = planned_jobs(proc.stdout, "eva_fit")
+    assert len(fits) == 2 * 8
+    for job in fits:
+        call = sbatch_call(job)
+        assert "--gpus" not in call and "gpu" not in call.replace("--gpus", ""), call
+        assert f"-p {profile['default-resources']['slurm_partition']}" in call, call
+    assert "eva_fit" not in profile["set-resources"]
     # CPU rules get their threads as CPUs.
     tile = planned_jobs(proc.stdout, "tile_sample")[0]
     assert f"--cpus-per-task={profile['set-threads']['tile_sample']}" in sbatch_call(tile)
-    # torchrun starts one process per GPU the profile gives the training job.
-    assert f"--nproc-per-node={profile['set-resources']['train_run']['gpu']}" in proc.stdout
+    # torchrun starts one process per GPU the config gives the training job.
+    assert f"--nproc-per-node={real['train']['gpus']}" in proc.stdout
+    # Per-sample download + tile jobs are grouped: ceil(577 / 20) group jobs.
+    size = int(profile["group-components"][0].split("=")[1])
+    assert proc.stdout.count("Group job sample") == -(-577 // size)
+    assert "localrules" not in profile  # declared in the Snakefile
 
 
-def test_memory_grows_on_retry(tmp_path):
+def test_profile_cannot_set_the_training_gpu_count(tmp_path):
+    """The GPU count has one source (config train.gpus): a profile or --set-resources entry that
+    would start torchrun with one count and sbatch with another is a parse-time error."""
     proc = run_snakemake(
-        ["train", "-n", "--configfile", str(REPO / "config/config.yaml")],
+        ["train", "-n", "--configfile", str(REPO / "config/config.yaml")]
+        + ["--set-resources", "train_run:gpu=8"],
         tmp_path,
+        check=False,
     )
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "train_run: gpu is set by the profile or --set-resources" in out, out[-2000:]
+    assert "train.gpus" in out
+
+
+def test_multi_node_layout_is_per_node(tmp_path):
+    cfg = write_config(tmp_path, "config.yaml", train__nodes=2, train__gpus=4)
+    proc = run_snakemake(["train", "-n", "-p", "--configfile", str(cfg)], tmp_path)
     job = planned_jobs(proc.stdout, "train_run")[0]
-    real = yaml.safe_load((REPO / "config/config.yaml").read_text())
-    assert job.resources["mem_mb"] == real["train"]["mem_mb"]  # first attempt
+    call = sbatch_call(job)
+    assert "--gres=gpu:4" in call and "--nodes=2" in call and "--gpus" not in call, call
+    assert "--nnodes=2" in proc.stdout and "--nproc-per-node=4" in proc.stdout
 
 
-def test_multi_node_launcher_spreads_gpus_over_nodes():
-    ns: dict = {}
-    code = (REPO / "workflow/rules/common.smk").read_text()
-    start = code.index("def torch_launcher")
-    end = code.index("\ndef ", start + 10)
-    exec(code[start:end], ns)
-    assert ns["torch_launcher"](1, 1) == "mint"
-    assert ns["torch_launcher"](4, 1).startswith("torchrun --standalone --nproc-per-node=4")
-    multi = ns["torch_launcher"](8, 2)
-    assert "--nnodes=2" in multi and "--nproc-per-node=4" in multi and multi.startswith("srun")
-    with pytest.raises(ValueError):
-        ns["torch_launcher"](3, 2)
+def _write_failing_train_workdir(tmp_path: Path, preemptions: int) -> Path:
+    """A working dir whose shards index is broken, so every train attempt fails at once."""
+    (tmp_path / "results/shards").mkdir(parents=True)
+    (tmp_path / "results/shards/index.json").write_text("{broken")
+    run_dir = tmp_path / "results/models/mint"
+    run_dir.mkdir(parents=True)
+    if preemptions:
+        (run_dir / "preemptions.log").write_text("SIGUSR1 step=9\n" * preemptions)
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "preemptions,want",
+    [
+        # no checkpoint-and-exit recorded: every failure may be memory, doubled up to the cap
+        (0, [8000, 16000, 24000]),
+        # one attempt stopped on a signal (preemptions.log): that retry gets the same memory
+        (1, [8000, 8000, 16000]),
+    ],
+)
+def test_memory_grows_only_for_failures_that_were_not_preemptions(tmp_path, preemptions, want):
+    work = _write_failing_train_workdir(tmp_path / "work", preemptions)
+    cfg = yaml.safe_load((REPO / "config/demo.yaml").read_text())
+    cfg["cluster"] = {"max_mem_mb": 24000}
+    cfg["train"]["max_resumes"] = 2  # the train rule's own retry count: 3 attempts
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = run_snakemake(
+        ["results/models/mint/model.safetensors", "--cores", "1", "--configfile", str(path)]
+        + ["--allowed-rules", "train_run"],
+        work,
+        check=False,
+    )
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    mems = [int(m) for m in re.findall(r"resources: .*\bmem_mb=(\d+)", out)]
+    assert mems == want, out[-3000:]
 
 
 @pytest.mark.skipif(shutil.which("sbatch") is not None, reason="a real cluster: don't submit")
@@ -448,3 +508,63 @@ def test_snakemake_report_includes_the_figures(demo_run, tmp_path):
     out = tmp_path / "snakemake_report.zip"
     run_snakemake(["--report", str(out), "--configfile", str(REPO / "config/demo.yaml")], demo_run)
     assert out.exists() and out.stat().st_size > 10000
+
+
+FAKE_SBATCH = """#!/bin/bash
+printf '%s\\n' "$*" >> "$FAKE_SLURM_DIR/sbatch.calls"
+echo $((1000 + $(wc -l < "$FAKE_SLURM_DIR/sbatch.calls")))
+"""
+# every submitted job reports FAILED at the first status check, so the run stops after the
+# first wave of submissions (what is ready before any job has run)
+FAKE_SACCT = """#!/bin/bash
+n=$(wc -l < "$FAKE_SLURM_DIR/sbatch.calls" 2>/dev/null || echo 0)
+for i in $(seq 1 "$n"); do echo "$((1000 + i))|FAILED"; done
+"""
+FAKE_OTHERS = {
+    "sacctmgr": 'echo "YOUR_ACCOUNT"\n',
+    "scontrol": 'echo "MaxArraySize = 1001"; echo "MinJobAge = 300"\n',
+    "squeue": "exit 0\n",
+    "sinfo": "exit 0\n",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("sbatch") is not None, reason="a real cluster: don't submit")
+def test_fake_sbatch_submits_groups_and_runs_quick_rules_locally(tmp_path):
+    """The shipped profile with the SLURM executor and a fake sbatch on PATH (as the plugin's
+    own tests do): the 577 samples' download + tile jobs go out as ceil(577 / 20) group jobs of
+    bounded size, `select` runs locally, and only GPU rules ask for GPUs."""
+    import os
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in {"sbatch": FAKE_SBATCH, "sacct": FAKE_SACCT, **FAKE_OTHERS}.items():
+        (bin_dir / name).write_text(body if body.startswith("#!") else "#!/bin/bash\n" + body)
+        (bin_dir / name).chmod(0o755)
+    work = tmp_path / "run"
+    work.mkdir()
+    env = snakemake_env()
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    env["FAKE_SLURM_DIR"] = str(tmp_path)
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
+    cmd += ["--profile", str(REPO / "workflow/profiles/slurm")]
+    cmd += ["--configfile", str(REPO / "config/config.yaml"), "--retries", "0"]
+    cmd += ["--slurm-init-seconds-before-status-checks", "1", "--latency-wait", "1"]
+    subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=1500)
+    calls = (tmp_path / "sbatch.calls").read_text().splitlines()
+    first = [c for c in calls if "--attempt 1 " in c]
+    groups = [c for c in first if "--comment rule_sample_" in c]
+    profile = yaml.safe_load((REPO / "workflow/profiles/slurm/config.yaml").read_text())
+    size = int(profile["group-components"][0].split("=")[1])
+    assert len(groups) == -(-577 // size), len(groups)
+    for call in groups:
+        assert f"--cpus-per-task={profile['cores']}" in call and "--gpus" not in call, call
+    # no global memory limit: the training job keeps its own request
+    assert "resources" not in profile
+    # quick rules never reach sbatch; select ran here
+    assert not [c for c in calls if "--comment rule_select" in c]
+    assert (work / "results/samples.tsv").exists()
+    # GPUs only for the GPU rules of the first wave
+    for call in first:
+        gpu_rule = "rule_eva_predict" in call or "rule_eva_fit_online" in call
+        assert ("--gpus=" in call) == gpu_rule, call[:400]

@@ -7,9 +7,9 @@
 
 The run resumes automatically from out-dir/checkpoints/ when a checkpoint of the same
 configuration and index exists (a requeued SLURM job continues where it stopped). SIGTERM or
-SIGUSR1 stop it at the next step boundary with a checkpoint and exit code 128 + signal (143 for
-SIGTERM), so that SLURM's requeue or Snakemake's retry resumes it. A finished run deletes
-checkpoints/ unless `keep_checkpoints` is true.
+SIGUSR1 stop it at the next step boundary with a checkpoint, a line in out-dir/preemptions.log
+and exit code 75 (EXIT_RESUME), so that SLURM's requeue or Snakemake's retry resumes it. A
+finished run deletes checkpoints/ (unless `keep_checkpoints` is true) and preemptions.log.
 """
 
 from __future__ import annotations
@@ -40,7 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mint.train.preempt import Preempted
+    import os
+    from pathlib import Path
+
+    from mint.train.preempt import PREEMPTIONS_LOG, Preempted, record_preemption
     from mint.train.trainer import read_params, train
 
     cfg = read_params(args.params)
@@ -49,5 +52,8 @@ def run(args: argparse.Namespace) -> int:
     except Preempted as exc:
         # not an error message: the scheduler reruns the job and it resumes
         log.warning("%s", exc)
+        record_preemption(args.out_dir, exc)
         return exc.exit_code
+    if int(os.environ.get("RANK", "0")) == 0:
+        (Path(args.out_dir) / PREEMPTIONS_LOG).unlink(missing_ok=True)
     return 0

@@ -1,12 +1,15 @@
-"""Stop training cleanly on SIGTERM / SIGUSR1: checkpoint at the next step boundary, exit non-zero.
+"""Stop training cleanly on SIGTERM / SIGUSR1: checkpoint at the next step boundary, exit 75.
 
 SLURM sends SIGTERM when it preempts or cancels a job (then SIGKILL after the grace time), and
-SIGUSR1 ahead of the time limit when the job asks for it (`--signal=USR1@120`); torchrun forwards
-SIGTERM to its workers. Dying mid-step would lose everything since the last periodic checkpoint,
-so the handler only records the request; the loop writes a checkpoint at the next step boundary
-and raises `Preempted`, and `mint train` exits with 128 + the signal number. The non-zero exit
-makes SLURM's requeue or Snakemake's retry run the job again, and that run resumes from the
-checkpoint (identical to an uninterrupted run, since the checkpoint holds the data position).
+SIGUSR1 ahead of the time limit when the job asks for it (`--signal=USR1@600`, every process of
+the job step); `mint.train.launch` makes torchrun forward both to its workers. Dying mid-step
+would lose everything since the last periodic checkpoint, so the handler only records the
+request; the loop writes a checkpoint at the next step boundary and raises `Preempted`, rank 0
+appends a line to `<out-dir>/preemptions.log`, and `mint train` exits with EXIT_RESUME (75,
+EX_TEMPFAIL: "try again"). The non-zero exit makes SLURM's requeue or Snakemake's retry run the
+job again, and that run resumes from the checkpoint (identical to an uninterrupted run, since
+the checkpoint holds the data position). The workflow reads preemptions.log to tell these
+attempts from memory failures, which alone get more memory on retry.
 
 With several processes the signal may reach them at different steps; `requested()` agrees on
 the decision with an all-reduce over a gloo group (CPU, so no GPU synchronisation per step), so
@@ -19,6 +22,7 @@ import logging
 import os
 import signal
 import threading
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -28,6 +32,10 @@ import torch.distributed as dist
 from mint.errors import MintError
 
 log = logging.getLogger(__name__)
+
+# sysexits.h EX_TEMPFAIL: the job stopped on purpose after a checkpoint; run it again to resume.
+EXIT_RESUME = 75
+PREEMPTIONS_LOG = "preemptions.log"
 
 STOP_SIGNALS: tuple[signal.Signals, ...] = tuple(
     s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s
@@ -45,8 +53,25 @@ class Preempted(MintError):
 
     @property
     def exit_code(self) -> int:
-        """128 + signal number, what a shell reports for a process the signal killed."""
-        return 128 + self.signum
+        """EXIT_RESUME: checkpointed on a signal, to be resumed (not a crash, not a kill)."""
+        return EXIT_RESUME
+
+
+def record_preemption(out_dir: str | os.PathLike, exc: Preempted) -> None:
+    """Append one line to `<out_dir>/preemptions.log` (rank 0 only): read by the workflow
+    (fewer memory retries) and by `mint.train.launch` (exit code)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    path = Path(out_dir) / PREEMPTIONS_LOG
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fh.write(f"{signal.Signals(exc.signum).name} step={exc.step}\n")
+
+
+def preemption_count(out_dir: str | os.PathLike) -> int:
+    """How many checkpoint-and-exit stops `out_dir`'s run has recorded."""
+    path = Path(out_dir) / PREEMPTIONS_LOG
+    return len(path.read_text().splitlines()) if path.is_file() else 0
 
 
 class StopSignals:

@@ -1,6 +1,10 @@
 # Stage `bench`: HEST-Bench for the base model, any extra backbones and every trained run,
-# all with the same code. Embeddings are a GPU job cached per model and task; the ridge
-# probes are cheap CPU jobs, so changing a probe setting never recomputes embeddings.
+# all with the same code. Embeddings are a GPU job cached per model, task and sample; the
+# ridge probes are cheap CPU jobs, so changing a probe setting never recomputes embeddings.
+#
+# The embed job's output is the cache's manifest (written last), not the cache folder: a
+# directory() output is deleted by Snakemake before a rerun, whereas the per-sample files
+# beside the manifest survive, so a retried or rerun job only embeds what is missing.
 
 BENCH_CFG = config["bench"]
 
@@ -10,7 +14,7 @@ rule embed:
         task=f"{BENCH}/{{task}}",
         model=model_files,
     output:
-        directory("results/bench/embeddings/{model}/{task}"),
+        "results/bench/embeddings/{model}/{task}/manifest.json",
     log:
         "logs/bench/embed_{model}_{task}.log",
     benchmark:
@@ -19,24 +23,27 @@ rule embed:
         ENV
     threads: max(1, BENCH_CFG["num_workers"])
     resources:
-        mem_mb=scaled(32000),
-        runtime=240,
+        mem_mb=memory_mb(32000),
+        runtime=runtime_min(240),
         gpu=BENCH_CFG["gpus"],
+        # performance knobs: resources, not params, so changing them reruns nothing
+        batch_size=BENCH_CFG["batch_size"],
+        num_workers=BENCH_CFG["num_workers"],
     params:
         bench=folder_of("task"),
         spec=model_spec,
-        opts=(
-            f"--batch-size {BENCH_CFG['batch_size']} --num-workers {BENCH_CFG['num_workers']} "
-            f"--precision {BENCH_CFG['precision']}"
-        ),
+        cache=folder_of(0, of="output"),
+        # precision changes the numbers (a param); batch size and workers only the speed
+        precision=q(BENCH_CFG["precision"]),
     shell:
         "mint embed --model {params.spec} --bench-dir {params.bench} --task {wildcards.task} "
-        "--out-dir {output} {params.opts} 2> {log}"
+        "--out-dir {params.cache} --batch-size {resources.batch_size} "
+        "--num-workers {resources.num_workers} --precision {params.precision} 2> {log:q}"
 
 
 rule probe:
     input:
-        embeddings="results/bench/embeddings/{model}/{task}",
+        embeddings="results/bench/embeddings/{model}/{task}/manifest.json",
         task=f"{BENCH}/{{task}}",
     output:
         "results/bench/{model}/{task}.json",
@@ -46,21 +53,22 @@ rule probe:
         ENV
     threads: 2
     resources:
-        mem_mb=scaled(16000),
-        runtime=120,
+        mem_mb=memory_mb(16000),
+        runtime=runtime_min(120),
     params:
         bench=folder_of("task"),
-        variants=" ".join(BENCH_CFG["variants"]),
+        cache=folder_of("embeddings"),
+        variants=opt("--variants", BENCH_CFG["variants"]),
         pca=(
-            f"--pca-components {BENCH_CFG['pca_components']}"
+            opt("--pca-components", BENCH_CFG["pca_components"])
             if BENCH_CFG["pca_components"]
             else "--no-pca"
         ),
-        seed=BENCH_CFG["seed"],
+        seed=q(BENCH_CFG["seed"]),
     shell:
-        "mint probe --embeddings {input.embeddings} --bench-dir {params.bench} --task {wildcards.task} "
-        "--model {wildcards.model} --variants {params.variants} {params.pca} --seed {params.seed} "
-        "--out {output} 2> {log}"
+        "mint probe --embeddings {params.cache} --bench-dir {params.bench} "
+        "--task {wildcards.task} --model {wildcards.model} {params.variants} {params.pca} "
+        "--seed {params.seed} --out {output:q} 2> {log:q}"
 
 
 rule bench:
@@ -77,4 +85,4 @@ rule bench:
         mem_mb=2000,
         runtime=10,
     shell:
-        "mint bench-summary --inputs {input} --out {output} 2> {log}"
+        "mint bench-summary --inputs {input:q} --out {output:q} 2> {log:q}"

@@ -1,19 +1,69 @@
-# Helpers shared by every stage: resolving paths against the workflow, the sample list,
-# the benchmark tasks and the model keys. Nothing here touches the network or globs large
-# folders: on SLURM every job re-parses the Snakefile.
+# Helpers shared by every stage: the command that runs `mint`, shell quoting, the sample list,
+# the benchmark tasks, the model keys, resources that grow with retries, and the parse-time
+# checks of every value that becomes a path or a shell word. Nothing here touches the network or
+# globs large folders: on SLURM every job re-parses the Snakefile.
+#
+# Two rules for shell lines, so that no config value can run a command or break one:
+#   - every value that comes from the config or the metadata goes through `q()` / `opt()`
+#     (shlex.quote) or, for paths, `{input:q}` / `{output:q}`;
+#   - every id that becomes a path (sample, run, task, model key) is checked by
+#     `mint.safe.check_name` here, at parse time, naming the value and where it came from.
 import json
+import os
 import re
+import shlex
+import sys
 from pathlib import Path
 
+from mint.config import check_backbone, eva_overrides, train_run_params
+from mint.errors import MintError
 from mint.hest.bench import bench_tasks
 from mint.hest.metadata import level_of, read_metadata
 from mint.hest.select import SelectionConfig, select_samples
+from mint.safe import check_name
 from mint.synth.hest import synthetic_metadata
+from mint.train.preempt import preemption_count
+from snakemake.settings.types import DeploymentMethod
 
 WORKFLOW_DIR = Path(workflow.basedir)
 ENV = "../../envs/mint.yaml"
 HEST = "resources/hest"
 BENCH = "resources/hest-bench"
+
+
+def q(value):
+    """One shell word for any value (shlex.quote): `$(...)`, quotes and spaces stay literal."""
+    return shlex.quote(str(value))
+
+
+def opt(flag, value):
+    """`--flag 'value'` (a list gives several quoted words); empty for None."""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        return f"{flag} " + " ".join(q(v) for v in value)
+    return f"{flag} {q(value)}"
+
+
+def opts(*parts):
+    return " ".join(p for p in parts if p)
+
+
+# Shell lines call `mint` (and `python` for torchrun). This Python's bin folder is put first on
+# PATH in this process's environment, which every job's shell inherits (on SLURM each job
+# re-parses this file), so `.venv/bin/snakemake` works without an activated venv. With
+# --sdm conda the env's bin folder comes first (the env has the dependencies, not the package):
+# `mint` is then workflow/bin/mint, which runs the package from this folder with the env's python.
+envvars:
+    "PATH",
+
+
+if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+    _bin = WORKFLOW_DIR / "workflow" / "bin"
+else:
+    _bin = Path(sys.executable).parent
+_path = os.environ["PATH"]
+os.environ["PATH"] = os.pathsep.join([str(_bin), _path])
 
 
 def project_path(path):
@@ -22,13 +72,21 @@ def project_path(path):
     return str(p if p.is_absolute() else WORKFLOW_DIR / p)
 
 
+def pinned(path):
+    """A pinned input that a fresh copy (new mtime, same content) must not make stale."""
+    return ancient(path)
+
+
 # ---------------------------------------------------------------- metadata and samples
 SOURCE = config["hest"]["source"]
 SYNTH = config["synthetic"]
-SYNTH_ARGS = (
-    f"--seed {SYNTH['seed']} --n-visium {SYNTH['n_visium']} --n-st {SYNTH['n_st']} "
-    f"--n-xenium {SYNTH['n_xenium']} --slide-size-um {SYNTH['slide_size_um']} "
-    f"--n-genes {SYNTH['n_genes']}"
+SYNTH_ARGS = opts(
+    opt("--seed", SYNTH["seed"]),
+    opt("--n-visium", SYNTH["n_visium"]),
+    opt("--n-st", SYNTH["n_st"]),
+    opt("--n-xenium", SYNTH["n_xenium"]),
+    opt("--slide-size-um", SYNTH["slide_size_um"]),
+    opt("--n-genes", SYNTH["n_genes"]),
 )
 
 if SOURCE == "synthetic":
@@ -45,6 +103,13 @@ else:
     METADATA_CSV = project_path(config["hest"]["metadata_csv"])
     METADATA = read_metadata(METADATA_CSV)
 
+# Every id of the metadata becomes a wildcard value and a file name: refuse unsafe ones here.
+for _row, _id in enumerate(METADATA["id"]):
+    check_name(_id, "sample id", f"{METADATA_CSV} row {_row + 2}")
+for _key in ("include", "exclude"):
+    for _id in config["select"][_key]:
+        check_name(_id, "sample id", f"config 'select.{_key}'")
+
 SEL = config["select"]
 SELECTION_CONFIG = SelectionConfig.from_dict(SEL)
 SAMPLES = list(select_samples(METADATA, SELECTION_CONFIG, SOURCE).samples["id"])
@@ -56,22 +121,21 @@ XENIUM_SAMPLES = [
 ]
 SPOT_SAMPLES = [i for i in METADATA["id"] if i not in set(XENIUM_SAMPLES)]
 if not SAMPLES:
-    raise ValueError("config 'select': no HEST sample passes the filters")
+    raise MintError("config 'select': no HEST sample passes the filters")
 
 
 def selection_args():
     """The `mint select` flags that reproduce SELECTION_CONFIG (same function, same result)."""
-    args = []
-    for flag, key in [
-        ("--species", "species"),
-        ("--technologies", "technologies"),
-        ("--organs", "organs"),
-        ("--include", "include"),
-        ("--exclude", "exclude"),
-    ]:
-        if SEL[key]:
-            values = " ".join(f"'{v}'" for v in SEL[key])
-            args.append(f"{flag} {values}")
+    args = [
+        opt(flag, SEL[key]) if SEL[key] else ""
+        for flag, key in [
+            ("--species", "species"),
+            ("--technologies", "technologies"),
+            ("--organs", "organs"),
+            ("--include", "include"),
+            ("--exclude", "exclude"),
+        ]
+    ]
     if not SEL["exclude_bench"]:
         args.append("--no-exclude-bench")
     if SEL["exclude_leakage"]:
@@ -79,8 +143,8 @@ def selection_args():
     if SEL["exclude_visium_hd"]:
         args.append("--exclude-visium-hd")
     if SEL["max_samples"]:
-        args.append(f"--max-samples {SEL['max_samples']}")
-    return " ".join(args)
+        args.append(opt("--max-samples", SEL["max_samples"]))
+    return opts(*args)
 
 
 # ---------------------------------------------------------------- benchmark tasks
@@ -89,18 +153,21 @@ ALL_BENCH_TASKS = bench_tasks(BENCH_SOURCE)
 BENCH_TASKS = config["bench_data"]["tasks"] or list(ALL_BENCH_TASKS)
 for _task in BENCH_TASKS:
     if _task not in ALL_BENCH_TASKS:
-        raise ValueError(
+        raise MintError(
             f"config 'bench_data.tasks': unknown task {_task!r} for source {BENCH_SOURCE!r}; "
             f"known: {', '.join(ALL_BENCH_TASKS)}"
         )
+    check_name(_task, "HEST-Bench task", "config 'bench_data.tasks'")
 
 # ---------------------------------------------------------------- models
-RUNS = dict(config["train"]["runs"])
+check_backbone(config["base_model"], "base_model")
+for _spec in config["extra_models"]:
+    check_backbone(_spec, "extra_models")
 
 
 def model_key(spec):
     """A file-system-safe key for a backbone spec such as `timm:vit_base@/ckpt/w.safetensors`."""
-    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", spec).strip("_")
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", spec).strip("_.-")
 
 
 # The demo pretrains its own base model (stage `pretrain`): the checkpoint then loads through
@@ -117,12 +184,18 @@ if PRETRAIN_CKPT:
 else:
     BASE_SPEC = config["base_model"]
     BASE_KEY = model_key(BASE_SPEC)
+# Each run's `mint train` parameters, checked by TrainConfig (the job's own parser) now; a run
+# without its own `backbone` fine-tunes the base model (the pretrained one in the demo).
+TRAIN_PARAMS = train_run_params(config, base_spec=BASE_SPEC)
+RUNS = list(TRAIN_PARAMS)
 MODEL_SPECS = {BASE_KEY: BASE_SPEC}
 for _spec in config["extra_models"]:
     MODEL_SPECS[model_key(_spec)] = _spec
+for _key in MODEL_SPECS:
+    check_name(_key, "model key", "config 'base_model' / 'extra_models'")
 for _run in RUNS:
     if _run in MODEL_SPECS:
-        raise ValueError(
+        raise MintError(
             f"config 'train.runs': run name {_run!r} clashes with a backbone name"
         )
     MODEL_SPECS[_run] = f"results/models/{_run}"
@@ -130,7 +203,7 @@ MODELS = list(MODEL_SPECS)
 
 
 def model_spec(wildcards):
-    return MODEL_SPECS[wildcards.model]
+    return q(MODEL_SPECS[wildcards.model])
 
 
 def model_files(wildcards):
@@ -146,41 +219,97 @@ def model_files(wildcards):
 
 
 def train_params(run):
-    """Everything `mint train` needs for one run, as one JSON string (a change reruns the run)."""
-    params = dict(config["train"]["defaults"])
-    params.update(RUNS[run] or {})
-    params.setdefault("backbone", BASE_SPEC)
-    return json.dumps(params, sort_keys=True)
+    """Everything `mint train` needs for one run, as one JSON string with sorted keys (a change
+    of value reruns the run; re-saving the config with keys reordered does not)."""
+    return json.dumps(TRAIN_PARAMS[run], sort_keys=True)
+
+
+# ---------------------------------------------------------------- GPUs and retries
+# The number of training processes is decided here, from the config, and nowhere else: the
+# profile sets the GPU model and partition but never `gpu`, `gres` or `nodes` for train_run
+# (checked below), so torchrun and sbatch always agree.
+TRAIN = config["train"]
+CLUSTER = config["cluster"]
+
+
+def train_gpu_resources():
+    """sbatch resources for the configured layout: `--gpus=N` on one node; on several nodes
+    `--gres=gpu:N` (per node) and `--nodes`, so that SLURM cannot spread GPUs unevenly.
+    """
+    per_node, nodes = TRAIN["gpus"], TRAIN["nodes"]
+    if nodes > 1:
+        if per_node < 1:
+            raise MintError(
+                "config 'train.nodes' > 1 needs 'train.gpus' >= 1 (GPUs per node)"
+            )
+        return {"gres": f"gpu:{per_node}", "nodes": nodes}
+    return {"gpu": per_node}
+
+
+def check_profile_gpus():
+    """A profile or --set-resources that sets the training layout would silently disagree with
+    torchrun's process count: refuse it, naming the config keys that decide it."""
+    overrides = workflow.resource_settings.overwrite_resources or {}
+    for rule_name in ("train_run",):
+        bad = sorted(
+            set(overrides.get(rule_name, {})) & {"gpu", "gres", "nodes", "gpus"}
+        )
+        if bad:
+            raise MintError(
+                f"resources of {rule_name}: {', '.join(bad)} is set by the profile or "
+                "--set-resources; the GPU layout comes from config 'train.gpus' (per node) and "
+                "'train.nodes' only (set gpu_model, partition and cpus_per_gpu in the profile)"
+            )
+
+
+check_profile_gpus()
 
 
 def torch_launcher(gpus, nodes=1):
-    """`mint` for one process; torchrun for several GPUs; srun + torchrun across nodes.
-
-    `gpus` is the job's total (the `gpu` resource, sbatch --gpus), spread evenly over `nodes`.
-    """
+    """`mint` for one process; else `mint.train.launch` (torchrun, which forwards SIGUSR1 and
+    SIGTERM to every rank) with `gpus` processes per node, under srun across nodes."""
     if gpus <= 1 and nodes <= 1:
         return "mint"
+    launch = "python -m mint.train.launch"
     if nodes > 1:
-        if gpus % nodes:
-            raise ValueError(
-                f"resources: gpu={gpus} is not a multiple of nodes={nodes}"
-            )
         return (
-            f"srun --overlap --nodes={nodes} --ntasks-per-node=1 torchrun --nnodes={nodes} "
-            f"--nproc-per-node={gpus // nodes} "
+            f"srun --overlap --nodes={nodes} --ntasks-per-node=1 {launch} --nnodes={nodes} "
+            f"--nproc-per-node={gpus} "
             '--rdzv-backend=c10d --rdzv-endpoint="$(scontrol show hostnames "$SLURM_JOB_NODELIST" '
             '| head -n1):29500" --rdzv-id="$SLURM_JOB_ID" -m mint.cli'
         )
-    return f"torchrun --standalone --nproc-per-node={gpus} -m mint.cli"
+    return f"{launch} --standalone --nproc-per-node={gpus} -m mint.cli"
 
 
-def scaled(mb):
-    """A memory request that grows with each retry (a job killed for memory gets more)."""
-    return lambda wildcards, attempt: mb * attempt
+def memory_mb(mb):
+    """mem_mb for a retry: doubles per failed attempt, capped at what a node offers
+    (config 'cluster.max_mem_mb'). A failure can be a time limit rather than memory; the cap
+    keeps such retries schedulable."""
+    return lambda wildcards, attempt: min(
+        mb * 2 ** (attempt - 1), CLUSTER["max_mem_mb"]
+    )
+
+
+def train_memory_mb(wildcards, attempt):
+    """mem_mb of a training job: grows only for attempts that did not end in a checkpoint-and-
+    exit (exit code 75). Each preemption or time-limit stop is recorded by `mint train` (one line
+    in preemptions.log, removed when the run finishes); those attempts were not memory failures
+    and do not count. Lines left by an earlier invocation can only make the growth smaller.
+    """
+    resumed = preemption_count(f"results/models/{wildcards.run}")
+    failures = max(0, attempt - 1 - resumed)
+    return min(TRAIN["mem_mb"] * 2**failures, CLUSTER["max_mem_mb"])
+
+
+def runtime_min(minutes):
+    """A time limit that grows with each attempt, for jobs that restart from the beginning
+    (or from a per-sample cache) after a time-out; capped at config 'cluster.max_runtime'.
+    """
+    return lambda wildcards, attempt: min(minutes * attempt, CLUSTER["max_runtime"])
 
 
 def folder_of(name, up=1, of="input"):
-    """A params function: the folder `up` levels above a rule's input or output file.
+    """A params function: the folder `up` levels above a rule's input or output file, quoted.
 
     Passing folders this way (not as module-level constants) keeps provenance with the files.
     """
@@ -189,7 +318,7 @@ def folder_of(name, up=1, of="input"):
         files = input if of == "input" else output
         value = files[name] if isinstance(name, int) else getattr(files, name)
         path = Path(value[0] if isinstance(value, list) else value)
-        return str(path.parents[up - 1])
+        return q(path.parents[up - 1])
 
     return folder
 
@@ -210,34 +339,36 @@ wildcard_constraints:
 
 # ---------------------------------------------------------------- download
 DOWNLOAD_CMD = (
-    "mint download --source {params.source} --sample {wildcards.sample} --out-dir {params.hest} "
-    "--metadata {input} {params.extra} 2> {log}"
+    "mint download --source {params.source} --sample {wildcards.sample} "
+    "--out-dir {params.hest} --metadata {input:q} {params.extra} 2> {log:q}"
 )
 
 
 def download_source_args():
     h = config["hest"]
     if SOURCE == "hub":
-        return f"--repo-id {h['repo_id']} --retries {h['retries']}"
+        return opts(opt("--repo-id", h["repo_id"]), opt("--retries", h["retries"]))
     if SOURCE == "local":
         if not h["local_dir"]:
-            raise ValueError(
+            raise MintError(
                 "config 'hest.local_dir' is required when hest.source is 'local'"
             )
-        return f"--local-dir '{h['local_dir']}'" + (" --copy" if h["copy"] else "")
+        return opt("--local-dir", h["local_dir"]) + (" --copy" if h["copy"] else "")
     return SYNTH_ARGS
 
 
 def bench_source_args():
     b = config["bench_data"]
     if BENCH_SOURCE == "hub":
-        return f"--repo-id {b['repo_id']} --retries {config['hest']['retries']}"
+        return opts(
+            opt("--repo-id", b["repo_id"]), opt("--retries", config["hest"]["retries"])
+        )
     if BENCH_SOURCE == "local":
         if not b["local_dir"]:
-            raise ValueError(
+            raise MintError(
                 "config 'bench_data.local_dir' is required when bench_data.source is 'local'"
             )
-        return f"--local-dir '{b['local_dir']}'"
+        return opt("--local-dir", b["local_dir"])
     return SYNTH_ARGS
 
 
@@ -254,7 +385,7 @@ def tile_inputs(wildcards):
         "st": f"{HEST}/st/{s}.h5ad",
         "meta": f"{HEST}/metadata/{s}.json",
         "contours": f"{HEST}/tissue_seg/{s}_contours.geojson",
-        "metadata": METADATA_CSV,
+        "metadata": pinned(METADATA_CSV),
     }
     if s in XENIUM_SAMPLES:
         inputs["transcripts"] = f"{HEST}/transcripts/{s}_transcripts.parquet"
@@ -269,32 +400,54 @@ def tile_output(path):
 
 
 # ---------------------------------------------------------------- eva
-from mint.eva.tasks import TASKS as EVA_TASK_SPECS
+from mint.eva.tasks import TASKS as EVA_TASK_SPECS, task_data_dir
 
 EVA = config["eva"]
 EVA_TASKS = EVA["tasks"] if EVA["enabled"] else []
 for _task in EVA_TASKS:
     if _task not in EVA_TASK_SPECS:
-        raise ValueError(
+        raise MintError(
             f"config 'eva.tasks': unknown task {_task!r}; known: {', '.join(EVA_TASK_SPECS)}"
         )
+EVA_OVERRIDES = eva_overrides(config)
 EVA_ROOT = EVA["data_root"] or "resources/eva"
 EVA_OFFLINE = [t for t in EVA_TASKS if EVA_TASK_SPECS[t].offline]
+EVA_ONLINE = [t for t in EVA_TASKS if not EVA_TASK_SPECS[t].offline]
 
 
-def eva_common_args(wildcards):
-    return (
-        f"--task {wildcards.eva_task} --model {MODEL_SPECS[wildcards.model]} "
-        f"--model-name {wildcards.model} --data-root {EVA_ROOT} "
-        + ("--download " if EVA["download"] else "--no-download ")
-        + f"--embedding {EVA['embedding']} --accelerator {EVA['accelerator']} "
-        f"--num-workers {EVA['num_workers']} --overrides '{json.dumps(EVA['overrides'])}'"
+def eva_common_args(wildcards, accelerator=None):
+    """The flags every `mint eva` job shares that change its result (a change reruns it)."""
+    return opts(
+        opt("--task", wildcards.eva_task),
+        opt("--model", MODEL_SPECS[wildcards.model]),
+        opt("--model-name", wildcards.model),
+        opt("--data-root", EVA_ROOT),
+        "--download" if EVA["download"] else "--no-download",
+        opt("--embedding", EVA["embedding"]),
+        opt("--accelerator", accelerator or EVA["accelerator"]),
+        opt("--overrides", json.dumps(EVA_OVERRIDES, sort_keys=True)),
     )
 
 
+def eva_data_marker(task):
+    """A file that exists once the user has put a task's data in place (the first file eva
+    requires), or None while it is missing. Declared as an input when present, so that data
+    appearing later changes the job's inputs and the task reruns without --forcerun."""
+    spec = EVA_TASK_SPECS[task]
+    if task == "synthetic" or (EVA["download"] and spec.auto_download):
+        return None
+    if not spec.required:
+        return None
+    marker = task_data_dir(spec, EVA_ROOT) / spec.required[0]
+    return str(marker) if marker.exists() else None
+
+
 def eva_data(wildcards):
-    """Only the synthetic demo task is made by the workflow; real datasets are the user's."""
-    return [f"{EVA_ROOT}/synthetic"] if wildcards.eva_task == "synthetic" else []
+    """The demo's synthetic task is made by the workflow; real datasets are the user's."""
+    if wildcards.eva_task == "synthetic":
+        return [f"{EVA_ROOT}/synthetic"]
+    marker = eva_data_marker(wildcards.eva_task)
+    return [ancient(marker)] if marker else []
 
 
 def eva_fit_inputs(wildcards):
@@ -319,7 +472,7 @@ def report_inputs(wildcards):
         "shards": "results/shards",
         "wsi": f"{HEST}/wsis/{EXAMPLE_SAMPLE}.tif",
         "st": f"{HEST}/st/{EXAMPLE_SAMPLE}.h5ad",
-        "metadata": METADATA_CSV,
+        "metadata": pinned(METADATA_CSV),
     }
     if config["eva"]["enabled"]:
         inputs["eva"] = "results/eva/summary.csv"

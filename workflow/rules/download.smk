@@ -20,12 +20,12 @@ if SOURCE == "synthetic":
             hest=folder_of(0, of="output"),
             synth=SYNTH_ARGS,
         shell:
-            "mint synth --metadata-only --out {params.hest} {params.synth} 2> {log}"
+            "mint synth --metadata-only --out {params.hest} {params.synth} 2> {log:q}"
 
 
 rule download_sample:
     input:
-        METADATA_CSV,
+        pinned(METADATA_CSV),
     output:
         wsi=f"{HEST}/wsis/{{sample}}.tif",
         st=f"{HEST}/st/{{sample}}.h5ad",
@@ -36,15 +36,19 @@ rule download_sample:
     wildcard_constraints:
         sample=one_of(SPOT_SAMPLES),
     retries: 1
+    # With --group-components sample=N (the SLURM profile), N samples' download and tile jobs
+    # share one sbatch job instead of 2 x N.
+    group:
+        "sample"
     conda:
         ENV
     threads: 1
     resources:
-        mem_mb=scaled(2000),
-        runtime=240,
+        mem_mb=memory_mb(2000),
+        runtime=runtime_min(240),
     params:
         hest=folder_of("wsi", up=2, of="output"),
-        source=SOURCE,
+        source=q(SOURCE),
         extra=download_source_args(),
     shell:
         DOWNLOAD_CMD
@@ -84,15 +88,15 @@ rule download_bench_task:
         ENV
     threads: 1
     resources:
-        mem_mb=scaled(2000),
-        runtime=240,
+        mem_mb=memory_mb(2000),
+        runtime=runtime_min(240),
     params:
         bench=folder_of(0, of="output"),
-        source=BENCH_SOURCE,
+        source=q(BENCH_SOURCE),
         extra=bench_source_args(),
     shell:
-        "mint download-bench --source {params.source} --task {wildcards.task} --out-dir {params.bench} "
-        "{params.extra} 2> {log}"
+        "mint download-bench --source {params.source} --task {wildcards.task} "
+        "--out-dir {params.bench} {params.extra} 2> {log:q}"
 
 
 rule download:

@@ -3,8 +3,6 @@
 # synthetic tiles of tissue that is neither a training nor a bench sample; its checkpoint is a
 # plain timm state dict that every later stage loads as `<base_model>@<file>`.
 
-import shlex
-
 if PRETRAIN_CKPT:
 
     rule pretrain:
@@ -18,14 +16,16 @@ if PRETRAIN_CKPT:
             ENV
         threads: PRETRAIN["threads"]
         resources:
-            mem_mb=scaled(PRETRAIN["mem_mb"]),
-            runtime=PRETRAIN["runtime"],
+            mem_mb=memory_mb(PRETRAIN["mem_mb"]),
+            runtime=runtime_min(PRETRAIN["runtime"]),
             gpu=PRETRAIN["gpus"],
         params:
             # quoted: config values never become shell syntax
-            arch=shlex.quote(config["base_model"]),
-            opts=f"--n-tiles {PRETRAIN['n_tiles']} --seed {PRETRAIN['seed']}",
-            hp=shlex.quote(json.dumps(PRETRAIN["params"], sort_keys=True)),
+            arch=q(config["base_model"]),
+            opts=opts(
+                opt("--n-tiles", PRETRAIN["n_tiles"]), opt("--seed", PRETRAIN["seed"])
+            ),
+            hp=q(json.dumps(PRETRAIN["params"], sort_keys=True)),
         shell:
-            "mint pretrain --arch {params.arch} --out {output} {params.opts} "
-            "--params {params.hp} 2> {log}"
+            "mint pretrain --arch {params.arch} --out {output:q} {params.opts} "
+            "--params {params.hp} 2> {log:q}"

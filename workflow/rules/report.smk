@@ -25,26 +25,25 @@ rule report:
         ENV
     threads: 1
     resources:
-        mem_mb=scaled(4000),
-        runtime=30,
+        mem_mb=memory_mb(4000),
+        runtime=runtime_min(30),
     params:
-        base=BASE_KEY,
+        base=q(BASE_KEY),
         runs=" ".join(RUNS),
-        eva=lambda wc, input: f"--eva {input.eva}" if "eva" in input.keys() else "",
-        n_tiles=config["report"]["n_example_tiles"],
+        eva=lambda wc, input: opt("--eva", input.eva) if "eva" in input.keys() else "",
+        n_tiles=q(config["report"]["n_example_tiles"]),
         pretrain=lambda wc, input: (
-            f"--pretrain {input.pretrain}" if "pretrain" in input.keys() else ""
+            opt("--pretrain", input.pretrain) if "pretrain" in input.keys() else ""
         ),
         # provenance: the resolved config (defaults filled in) as one hash
         config_hash=hashlib.sha256(
             json.dumps(config, sort_keys=True, default=str).encode()
         ).hexdigest()[:16],
     shell:
-        "mint report --samples {input.samples} --leakage {input.leakage} --bench {input.bench} "
-        "--bench-results {input.bench_results} "
-        "{params.eva} --metrics {input.metrics} --runs {params.runs} --base {params.base} "
-        "--shards {input.shards} --example-wsi {input.wsi} --example-st {input.st} --metadata {input.metadata} "
-        "--n-example-tiles {params.n_tiles} --drift {input.drift} {params.pretrain} "
-        "--config-hash {params.config_hash} "
-        "--out {output.html} --figures-dir {output.figures} "
-        "2> {log}"
+        "mint report --samples {input.samples:q} --leakage {input.leakage:q} "
+        "--bench {input.bench:q} --bench-results {input.bench_results:q} {params.eva} "
+        "--metrics {input.metrics:q} --runs {params.runs} --base {params.base} "
+        "--shards {input.shards:q} --example-wsi {input.wsi:q} --example-st {input.st:q} "
+        "--metadata {input.metadata:q} --n-example-tiles {params.n_tiles} "
+        "--drift {input.drift:q} {params.pretrain} --config-hash {params.config_hash} "
+        "--out {output.html:q} --figures-dir {output.figures:q} 2> {log:q}"

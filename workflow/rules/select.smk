@@ -5,7 +5,7 @@
 
 rule select:
     input:
-        METADATA_CSV,
+        pinned(METADATA_CSV),
     output:
         samples="results/samples.tsv",
         leakage="results/leakage.tsv",
@@ -18,8 +18,8 @@ rule select:
         mem_mb=2000,
         runtime=10,
     params:
-        source=SOURCE,
+        source=q(SOURCE),
         filters=selection_args(),
     shell:
-        "mint select --metadata {input} --out {output.samples} --leakage-out {output.leakage} "
-        "--source {params.source} {params.filters} 2> {log}"
+        "mint select --metadata {input:q} --out {output.samples} "
+        "--leakage-out {output.leakage} --source {params.source} {params.filters} 2> {log:q}"

@@ -17,15 +17,15 @@ rule vocab:
         ENV
     threads: 1
     resources:
-        mem_mb=scaled(16000),
-        runtime=120,
+        mem_mb=memory_mb(16000),
+        runtime=runtime_min(120),
     params:
         bench=folder_of("bench"),
-        n_top=config["vocab"]["n_top_genes"],
+        n_top=q(config["vocab"]["n_top_genes"]),
         tasks=" ".join(BENCH_TASKS),
     shell:
         "mint vocab --tiles {input.tiles} --bench-dir {params.bench} --bench-tasks {params.tasks} "
-        "--n-top-genes {params.n_top} --out-dir results/genes 2> {log}"
+        "--n-top-genes {params.n_top} --out-dir results/genes 2> {log:q}"
 
 
 rule shards:
@@ -44,20 +44,21 @@ rule shards:
         ENV
     threads: 2
     resources:
-        mem_mb=scaled(16000),
-        runtime=720,
+        mem_mb=memory_mb(16000),
+        runtime=runtime_min(720),
     params:
         bench=folder_of("bench"),
-        opts=(
-            f"--samples-per-shard {SHARDS['samples_per_shard']} "
-            f"--val-fraction {SHARDS['val_fraction']} --seed {SHARDS['seed']} "
-            f"--jpeg-quality {SHARDS['jpeg_quality']} "
-            f"--min-vocab-coverage {SHARDS['min_vocab_coverage']}"
-            + (" --exclude-low-coverage" if SHARDS["exclude_low_coverage"] else "")
+        opts=opts(
+            opt("--samples-per-shard", SHARDS["samples_per_shard"]),
+            opt("--val-fraction", SHARDS["val_fraction"]),
+            opt("--seed", SHARDS["seed"]),
+            opt("--jpeg-quality", SHARDS["jpeg_quality"]),
+            opt("--min-vocab-coverage", SHARDS["min_vocab_coverage"]),
+            "--exclude-low-coverage" if SHARDS["exclude_low_coverage"] else "",
         ),
         # Leakage guard: shards refuse any tile of a bench sample.
         tasks=" ".join(BENCH_TASKS),
     shell:
         "mint shards --tiles {input.tiles} --vocab-dir results/genes --out-dir {output} "
         "--bench-dir {params.bench} --bench-tasks {params.tasks} --workers {threads} {params.opts} "
-        "2> {log}"
+        "2> {log:q}"

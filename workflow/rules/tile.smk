@@ -13,23 +13,28 @@ rule tile_sample:
         "logs/tile/{sample}.log",
     benchmark:
         "benchmarks/out/tile/{sample}.tsv"
+    group:
+        "sample"
     conda:
         ENV
     threads: TILE["threads"]
     resources:
-        mem_mb=scaled(TILE["mem_mb"]),
-        runtime=lambda wc, attempt: 120 * attempt,
+        mem_mb=memory_mb(TILE["mem_mb"]),
+        runtime=runtime_min(120),
     params:
         hest=folder_of("wsi", up=2),
-        opts=(
-            f"--patch-size {TILE['patch_size_px']} --pixel-size {TILE['pixel_size_um']} "
-            f"--min-tissue {TILE['min_tissue_fraction']} --xenium-target {TILE['xenium_target']} "
-            f"--min-qv {TILE['min_qv']}"
-            + ("" if TILE["drop_controls"] else " --keep-controls")
+        opts=opts(
+            opt("--patch-size", TILE["patch_size_px"]),
+            opt("--pixel-size", TILE["pixel_size_um"]),
+            opt("--min-tissue", TILE["min_tissue_fraction"]),
+            opt("--xenium-target", TILE["xenium_target"]),
+            opt("--min-qv", TILE["min_qv"]),
+            "" if TILE["drop_controls"] else "--keep-controls",
         ),
     shell:
-        "mint tile --sample {wildcards.sample} --hest-dir {params.hest} --metadata {input.metadata} "
-        "--out {output} {params.opts} --threads {threads} 2> {log}"
+        "mint tile --sample {wildcards.sample} --hest-dir {params.hest} "
+        "--metadata {input.metadata:q} --out {output:q} {params.opts} --threads {threads} "
+        "2> {log:q}"
 
 
 rule tile:
