@@ -630,8 +630,8 @@ def health_report(rows: list[dict[str, Any]], cfg: TrainConfig) -> dict[str, Any
         warnings.append(
             f"DINO uniform collapse: teacher entropy {dino['teacher_entropy']:.3f} nats at step "
             f"{dino['step']} is {100 * dino['teacher_entropy_ratio']:.0f}% of ln K = "
-            f"{dino['ln_k']:.3f}; the DINO term carried no signal (raise dino_head_lr, lower "
-            "teacher_temp_final, or train longer)"
+            f"{dino['ln_k']:.3f}; the DINO term carried no signal (try dino_head_bn, a higher "
+            "dino_head_lr, a faster teacher (lower ema_momentum) or a lower teacher_temp_final)"
         )
     elif dino["status"] == "dimension_collapse":
         warnings.append(
