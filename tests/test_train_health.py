@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from mint.eval.drift import linear_cka
 from mint.models.backbones import build_backbone
 from mint.train.config import TrainConfig
 from mint.train.data import TrainStream, ValStream, read_index
@@ -52,14 +53,6 @@ DINO_KEYS = (
 def demo_dino_settings() -> dict:
     defaults = yaml.safe_load((ROOT / "config/demo.yaml").read_text())["train"]["defaults"]
     return {k: defaults[k] for k in DINO_KEYS if k in defaults}
-
-
-def linear_cka(a: np.ndarray, b: np.ndarray) -> float:
-    """Linear CKA (Kornblith et al. 2019) of two [n, d] feature sets; 1 = same up to rotation
-    and scale. (A local copy of the formula; mint.eval.drift has the project's own.)"""
-    a = a - a.mean(0)
-    b = b - b.mean(0)
-    return float(np.linalg.norm(a.T @ b) ** 2 / (np.linalg.norm(a.T @ a) * np.linalg.norm(b.T @ b)))
 
 
 @pytest.fixture(scope="module")

@@ -95,19 +95,6 @@ def pretrain_config(params: dict, arch: str):
     return TrainConfig.from_dict(merged, source="pretrain --params")
 
 
-def export_backbone(run_dir: Path, out: Path) -> Path:
-    """The trained run's ViT as a plain timm state dict (no ST token, no heads)."""
-    from safetensors.torch import save_file
-
-    from mint.models.encoder import load_model
-
-    enc = load_model(run_dir)
-    state = {k: v.contiguous() for k, v in enc.backbone.vit.state_dict().items()}
-    with atomic_path(out) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "mint": "pretrained-backbone"})
-    return out
-
-
 def pretrain(
     out: Path,
     arch: str,
@@ -146,8 +133,8 @@ def pretrain(
     )
     t_data = time.perf_counter() - t0
     run_dir = work_dir / "run"
-    train(cfg, shards / "index.json", run_dir, device=device)
-    export_backbone(run_dir, out)
+    # DINO's convention: the EMA teacher's backbone is the pretrained model
+    train(cfg, shards / "index.json", run_dir, device=device, timm_out=out)
     record = {
         "checkpoint": str(out),
         "backbone_spec": f"{arch}@{out}",
