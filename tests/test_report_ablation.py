@@ -131,3 +131,33 @@ def test_ablation_notes_say_what_the_numbers_say():
     assert "MINT does not keep more of the base than the plain fine-tune" in text
     assert "finetune 0.900, mint 0.800" in text
     assert "near chance" in text and "DINO health warnings for: mint" in text
+
+
+def test_report_shows_shard_qc_with_exclusions_flags_and_val_slides(tmp_path):
+    """The QC table of the shards stage reaches the report: an excluded sample with its reason,
+    a Visium HD flag and the held-out validation slides."""
+    from mint.data.shards import QC_FILE, qc_table
+    from mint.report.html import shards_qc_section
+
+    rows = [
+        {"sample": "A1", "technology": "Visium", "modality": "visium", "n_tiles": 10,
+         "n_genes_measured": 5, "vocab_size": 5, "vocab_coverage": 1.0, "status": "kept",
+         "reason": "", "qc_flags": ""},
+        {"sample": "B2", "technology": "Visium", "modality": "visium", "n_tiles": 8,
+         "n_genes_measured": 0, "vocab_size": 5, "vocab_coverage": 0.0, "status": "excluded",
+         "reason": "no vocabulary gene measured", "qc_flags": ""},
+        {"sample": "HD3", "technology": "Visium HD", "modality": "visium", "n_tiles": 4,
+         "n_genes_measured": 5, "vocab_size": 5, "vocab_coverage": 1.0, "status": "kept",
+         "reason": "", "qc_flags": "unpooled_bins"},
+    ]  # fmt: skip
+    (tmp_path / QC_FILE).write_text(qc_table(rows))
+    index = {
+        "qc": QC_FILE,
+        "samples": {"A1": {"split": "train"}, "HD3": {"split": "val"}},
+        "val_samples": ["HD3"],
+    }
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    page = "".join(shards_qc_section(str(tmp_path)).blocks)
+    assert "2 samples in the shards, 1 excluded, 1 with QC flags" in page
+    assert "no vocabulary gene measured" in page and "unpooled_bins" in page
+    assert "(HD3)" in page

@@ -493,6 +493,34 @@ def selection_section(samples_tsv: str, leakage_tsv: str) -> tuple[Section, list
     return sec, figs
 
 
+def shards_qc_section(shards_dir: str) -> Section:
+    """Per-sample QC of the shards stage (`qc.tsv`, named by index.json): vocabulary coverage,
+    kept or excluded and why, Visium HD flags, and which whole slides are held out for
+    validation, so that a reader sees what the training data really was."""
+    index_path = Path(shards_dir) / "index.json"
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise MintError(f"report: cannot read {index_path} ({exc})") from None
+    sec = Section("Training data QC", "shards-qc")
+    qc_path = Path(shards_dir) / index.get("qc", "qc.tsv")
+    if not qc_path.is_file():
+        sec.blocks.append(f"<p>No QC table ({html.escape(str(qc_path))} missing).</p>")
+        return sec
+    qc = pd.read_csv(qc_path, sep="\t", keep_default_na=False)
+    splits = {sid: rec.get("split", "") for sid, rec in index.get("samples", {}).items()}
+    qc.insert(3, "split", [splits.get(s, "") for s in qc["sample"]])
+    excluded = int((qc["status"] == "excluded").sum())
+    flagged = int((qc["qc_flags"].astype(str) != "").sum())
+    sec.blocks.append(
+        f"<p>{len(qc) - excluded} samples in the shards, {excluded} excluded, {flagged} with QC "
+        f"flags; validation holds whole slides only "
+        f"({html.escape(', '.join(index.get('val_samples', [])) or 'none')}).</p>"
+    )
+    sec.blocks.append(_table(qc, f"Per-sample QC ({html.escape(qc_path.name)})"))
+    return sec
+
+
 def _read_shard_examples(shards_dir: Path, n: int) -> list[tuple[np.ndarray, dict]]:
     """The first n samples of the first validation (else training) shard, read with webdataset."""
     import webdataset as wds
@@ -622,6 +650,7 @@ def build_report(args: argparse.Namespace) -> tuple[str, list[Figure]]:
         if runs
         else (Section("Training curves", "training", ["<p>No runs.</p>"]), []),
         selection_section(args.samples, args.leakage),
+        (shards_qc_section(args.shards), []),
         examples_section(
             args.shards, args.example_wsi, args.example_st, args.metadata, args.n_example_tiles
         ),
