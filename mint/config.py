@@ -115,6 +115,30 @@ def train_run_params(config: dict, base_spec: str | None = None) -> dict[str, di
     return runs
 
 
+#: Settings that change how fast or where a job runs, never its result: left out of the
+#: report's provenance hash (they are resources, not params, for the same reason).
+SPEED_ONLY_KEYS = ("threads", "mem_mb", "runtime", "num_workers")
+SPEED_ONLY_SECTION_KEYS = {"bench": ("batch_size",)}
+
+
+def results_config_hash(config: dict) -> str:
+    """A short hash of the resolved config without the speed-only settings and the cluster
+    limits: the report's provenance line, stable when keys are reordered or workers change."""
+    import hashlib
+    import json
+
+    kept = {}
+    for section, value in config.items():
+        if section == "cluster":
+            continue
+        if isinstance(value, dict):
+            drop = set(SPEED_ONLY_KEYS) | set(SPEED_ONLY_SECTION_KEYS.get(section, ()))
+            value = {k: v for k, v in value.items() if k not in drop}
+        kept[section] = value
+    text = json.dumps(kept, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def eva_overrides(config: dict) -> dict:
     """`eva.overrides`, checked per configured task by the renderer's own check."""
     from mint.eva.render import _check_overrides

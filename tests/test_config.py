@@ -56,3 +56,28 @@ def test_wrong_value_is_one_line_naming_the_key(section, key, value, expected):
     msg = str(exc.value)
     assert msg.startswith(f"config '{section}.{key}':") and "\n" not in msg
     assert expected in msg or "greater" in msg
+
+
+def test_results_hash_ignores_speed_settings_and_key_order_but_not_results():
+    """The report's provenance hash is a rerun trigger: workers, threads, inference batch size
+    and cluster limits must not change it; a hyperparameter must."""
+    from mint.config import results_config_hash
+
+    cfg = {
+        "bench": {"batch_size": 32, "num_workers": 0, "seed": 1},
+        "eva": {"num_workers": 0, "overrides": {"lr": 0.001, "max_steps": 10}},
+        "train": {"threads": 1, "defaults": {"steps": 100}},
+        "cluster": {"max_mem_mb": 1000},
+    }
+    h = results_config_hash(cfg)
+    fast = {
+        "cluster": {"max_mem_mb": 9},
+        "train": {"defaults": {"steps": 100}, "threads": 8},
+        "eva": {"overrides": {"max_steps": 10, "lr": 0.001}, "num_workers": 4},
+        "bench": {"seed": 1, "num_workers": 8, "batch_size": 256},
+    }
+    assert results_config_hash(fast) == h
+    changed = {**cfg, "bench": {**cfg["bench"], "seed": 2}}
+    assert results_config_hash(changed) != h
+    steps = {**cfg, "train": {"threads": 1, "defaults": {"steps": 101}}}
+    assert results_config_hash(steps) != h

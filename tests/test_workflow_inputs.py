@@ -85,7 +85,7 @@ def test_unsafe_sample_id_in_metadata_is_refused_naming_file_and_row(tmp_path):
     proc = run_snakemake(["download", "-n", "--configfile", str(cfg)], tmp_path, check=False)
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
-    assert f"{csv} row 5: sample id '../../../ESCAPED' is not a safe name" in out, out[-2000:]
+    assert f"{csv} line 5: sample id '../../../ESCAPED' is not a safe name" in out, out[-2000:]
     assert not (tmp_path / "results").exists()
 
 

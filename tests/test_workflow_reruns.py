@@ -67,7 +67,7 @@ def test_each_result_setting_reruns_only_its_consumers(demo_copy, tmp_path):
 def test_embedding_cache_survives_a_rerun(demo_copy):
     """The embed job's output is the cache manifest: a forced rerun keeps the per-sample files
     and embeds nothing again."""
-    cache = demo_copy / "results/bench/embeddings/tiny-vit/SYNTH_VISIUM"
+    cache = demo_copy / "results/bench/embeddings/tiny-vit-pretrained/SYNTH_VISIUM"
     samples = sorted(p.name for p in cache.glob("*.h5"))
     assert samples
     run_snakemake(
@@ -76,7 +76,7 @@ def test_embedding_cache_survives_a_rerun(demo_copy):
         demo_copy,
     )
     assert sorted(p.name for p in cache.glob("*.h5")) == samples
-    log = (demo_copy / "logs/bench/embed_tiny-vit_SYNTH_VISIUM.log").read_text()
+    log = (demo_copy / "logs/bench/embed_tiny-vit-pretrained_SYNTH_VISIUM.log").read_text()
     assert log.count(": cached (") == len(samples), log
 
 
@@ -87,7 +87,7 @@ def test_eva_task_without_data_is_recorded_and_reruns_when_the_data_appears(demo
     path = tmp_path / "mhist.yaml"
     path.write_text(yaml.safe_dump(cfg))
     run_snakemake(["--cores", "2", "--configfile", str(path)], demo_copy)
-    for model in ("tiny-vit", "mint"):
+    for model in ("tiny-vit-pretrained", "mint"):
         status = json.loads((demo_copy / f"results/eva/{model}/mhist/status.json").read_text())
         assert status["status"] == "missing_data", status
     summary = (demo_copy / "results/eva/summary.csv").read_text()
@@ -99,5 +99,6 @@ def test_eva_task_without_data_is_recorded_and_reruns_when_the_data_appears(demo
     (data / "images").mkdir(parents=True)
     (data / "annotations.csv").write_text("Image Name,Majority Vote Label,Partition\n")
     counts = _plan(demo_copy, cfg, tmp_path)
-    assert counts.get("eva_predict") == 2 and counts.get("eva_fit") == 2, counts
+    n_models = 1 + len(cfg["train"]["runs"])  # the base and every run
+    assert counts.get("eva_predict") == n_models and counts.get("eva_fit") == n_models, counts
     assert not {"train_run", "embed", "probe", "tile_sample"} & set(counts), counts

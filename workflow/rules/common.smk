@@ -15,7 +15,12 @@ import shlex
 import sys
 from pathlib import Path
 
-from mint.config import check_backbone, eva_overrides, train_run_params
+from mint.config import (
+    check_backbone,
+    eva_overrides,
+    results_config_hash,
+    train_run_params,
+)
 from mint.errors import MintError
 from mint.hest.bench import bench_tasks
 from mint.hest.metadata import level_of, read_metadata

@@ -1,9 +1,6 @@
 # Stage `report`: one self-contained HTML page (plots embedded) comparing the base model with
 # every trained run on HEST-Bench and EVA, with training curves and the sample selection.
 # The same figures are registered for `snakemake --report`.
-import hashlib
-
-
 rule report:
     input:
         unpack(report_inputs),
@@ -35,10 +32,9 @@ rule report:
         pretrain=lambda wc, input: (
             opt("--pretrain", input.pretrain) if "pretrain" in input.keys() else ""
         ),
-        # provenance: the resolved config (defaults filled in) as one hash
-        config_hash=hashlib.sha256(
-            json.dumps(config, sort_keys=True, default=str).encode()
-        ).hexdigest()[:16],
+        # provenance: the settings that change results, as one hash (a param: a new value
+        # reruns the report; workers, threads and memory do not)
+        config_hash=results_config_hash(config),
     shell:
         "mint report --samples {input.samples:q} --leakage {input.leakage:q} "
         "--bench {input.bench:q} --bench-results {input.bench_results:q} {params.eva} "
