@@ -118,6 +118,7 @@ def test_unsafe_or_unknown_names_fail_at_parse_time(tmp_path, key, value, needle
         ("train__runs", {"mint": {"lr": -1.0}}, "config 'train.runs.mint': lr must be >= 0"),
         ("eva__overrides__max_stepz", 5, "eva.overrides.max_stepz': unknown key"),
         ("eva__overrides__n_runs", "two", "config 'eva.overrides.n_runs'"),
+        ("pretrain__params__stepz", 10, "config 'pretrain.params': unknown key(s) stepz"),
     ],
 )
 def test_training_and_eva_settings_are_checked_at_parse_time(tmp_path, key, value, needle):

@@ -78,21 +78,24 @@ def write_pretrain_tiles(
     return paths
 
 
-def pretrain_config(params: dict, arch: str):
-    """The TrainConfig of the pretraining run: the user's params, then the fixed SSL keys."""
+def pretrain_config(params: dict, arch: str, source: str = "pretrain --params"):
+    """The TrainConfig of the pretraining run: the user's params, then the fixed SSL keys.
+
+    The workflow calls it at parse time too (`source` names the config key), so a typo in
+    pretrain.params stops the dry run instead of the job."""
     from mint.train.config import TrainConfig
 
     clash = {k: params[k] for k in PRETRAIN_FIXED if k in params and params[k] != PRETRAIN_FIXED[k]}
     if clash:
         raise MintError(
-            f"pretrain --params: {', '.join(clash)} are fixed for self-supervised pretraining "
+            f"{source}: {', '.join(clash)} are fixed for self-supervised pretraining "
             f"({json.dumps(PRETRAIN_FIXED)})"
         )
     w_dino = params.get("w_dino", 1.0)
     if not isinstance(w_dino, int | float) or w_dino <= 0:
-        raise MintError("pretrain --params: w_dino must be > 0 (DINO is the only loss)")
+        raise MintError(f"{source}: w_dino must be > 0 (DINO is the only loss)")
     merged = {"backbone": arch, "w_dino": 1.0, **params, **PRETRAIN_FIXED}
-    return TrainConfig.from_dict(merged, source="pretrain --params")
+    return TrainConfig.from_dict(merged, source=source)
 
 
 def pretrain(

@@ -27,6 +27,7 @@ from mint.hest.metadata import level_of, read_metadata
 from mint.hest.select import SelectionConfig, select_samples
 from mint.safe import check_name
 from mint.synth.hest import synthetic_metadata
+from mint.synth.pretrain import pretrain_config
 from mint.train.preempt import preemption_count
 from snakemake.settings.types import DeploymentMethod
 
@@ -184,6 +185,10 @@ PRETRAIN_CKPT = (
     else None
 )
 if PRETRAIN_CKPT:
+    # checked now by the job's own parser, like train.defaults / train.runs
+    pretrain_config(
+        PRETRAIN["params"], config["base_model"], "config 'pretrain.params'"
+    )
     BASE_SPEC = f"{config['base_model']}@{PRETRAIN_CKPT}"
     BASE_KEY = model_key(config["base_model"]) + "-pretrained"
 else:
