@@ -692,7 +692,7 @@ def _train(
 ) -> Path | None:
     index = read_index(index_path)
     # Damaged or truncated shards: one line naming the file, before anything is written.
-    from mint.data.shards import verify_shards
+    from mint.data.shard_verify import verify_shards
 
     verify_shards(index_path)
     for m in index.modalities:
