@@ -433,6 +433,31 @@ def test_xenium_counts_equal_brute_force(tmp_path, monkeypatch, mode):
     assert t["img"].shape[1:] == (PATCH, PATCH, 3)
 
 
+@pytest.mark.parametrize("column", ["feature_name", "cell_id"])
+def test_xenium_batch_without_any_gene_or_cell_id(tmp_path, monkeypatch, column):
+    """A record batch whose gene names (or cell ids) are all null counts nothing, no crash.
+
+    Such a batch has an empty dictionary, so nothing can be looked up in it (the old code
+    raised IndexError). The same transcripts without the null rows give the same tiles.
+    """
+    monkeypatch.setattr(xenium, "TRANSCRIPT_BATCH_ROWS", 256)
+
+    def with_null_head(tx):
+        head = tx.iloc[:300].copy()  # covers the first batch whole
+        head[column] = None
+        return pd.concat([head, tx], ignore_index=True)
+
+    out = {}
+    for name, hook in (("plain", None), ("null", with_null_head)):
+        paths, *_ = _write_xenium(tmp_path / name, "XNULL", tx_hook=hook)
+        out[name] = tmp_path / name / "XNULL.h5"
+        tile_sample(info("XNULL", "Xenium", PS_X, "patch", "xenium"), paths, out[name], CFG)
+    plain, null = read_tiles(out["plain"]), read_tiles(out["null"])
+    assert null["barcodes"] == plain["barcodes"] and null["gene_names"] == plain["gene_names"]
+    np.testing.assert_array_equal(null["expr"], plain["expr"])
+    assert null["attrs"]["n_transcripts_used"] == plain["attrs"]["n_transcripts_used"]
+
+
 def test_xenium_old_style_table_int_ids_bytes_genes(tmp_path, monkeypatch):
     """HEST variants: integer cell ids (-1 = none) and bytes feature names in the table, the
     segmentation's integer cell ids stored as the pandas index (``__index_level_0__``).

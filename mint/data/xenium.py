@@ -105,6 +105,16 @@ def _encode(arr):
     return np.asarray(idx, np.int64), arr.dictionary.to_pylist()
 
 
+def _lookup(table: np.ndarray, idx: np.ndarray, missing) -> np.ndarray:
+    """``table[idx]`` where ``idx >= 0``, `missing` where ``idx`` is -1 (or the table is empty).
+
+    A batch whose names or ids are all null has an empty dictionary, hence an empty table.
+    """
+    if table.size == 0:
+        return np.full(idx.shape, missing, table.dtype)
+    return np.where(idx >= 0, table[np.maximum(idx, 0)], missing)
+
+
 def _float_col(batch, name: str) -> np.ndarray:
     col = batch.column(name)
     return np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
@@ -335,7 +345,7 @@ def cell_patches(path: Path, sample_id: str, grid: PatchGrid) -> CellPatches:
     _, first = np.unique(lut[valid], return_index=True)
     cents = cents[valid[first]]
     g = grid.index(cents[:, 0], cents[:, 1])
-    return CellPatches(ids=cells, grid=g, row=np.where(g >= 0, grid.compact[np.maximum(g, 0)], -1))
+    return CellPatches(ids=cells, grid=g, row=_lookup(grid.compact, g, -1))
 
 
 @dataclass
@@ -366,12 +376,12 @@ class TranscriptCounts:
         if len(self.genes.names) > cap:
             cap = max(cap + cap // 4, len(self.genes.names))
             self.acc = np.pad(self.acc, ((0, 0), (0, cap - self.acc.shape[1])))
-        return np.where(idx >= 0, lut[np.maximum(idx, 0)], -1)
+        return _lookup(lut, idx, -1)
 
     def counted(self, batch, gid: np.ndarray, has_qv: bool, min_qv: float) -> np.ndarray:
         """The QC filters: a named gene, not a control (unless kept), ``qv >= min_qv``."""
         ok = gid >= 0
-        control = ok & ~self.gene_ok[np.maximum(gid, 0)]
+        control = ok & ~_lookup(self.gene_ok, gid, True)
         self.n_control += int(control.sum())
         ok &= ~control
         if has_qv:
@@ -391,10 +401,10 @@ class TranscriptCounts:
         clut = cells.ids.lut(cnames, grow=False)
         named = np.array([bool(c) for c in cnames] + [False], bool)  # [-1]: null id
         has_id = ok & named[np.where(cidx >= 0, cidx, len(cnames))]
-        cid = np.where(cidx >= 0, clut[np.maximum(cidx, 0)], -1)
+        cid = _lookup(clut, cidx, -1)
         self.n_with_cell += int(has_id.sum())
         self.n_unmatched += int((has_id & (cid < 0)).sum())
-        return np.where(cid >= 0, cells.row[np.maximum(cid, 0)] if cells.row.size else -1, -1)
+        return _lookup(cells.row, cid, -1)
 
 
 def bin_transcripts(
@@ -436,7 +446,7 @@ def bin_transcripts(
         if cells is not None:
             patch = t.cell_rows(batch, ok, cells)
         else:
-            patch = np.where(inside, grid.compact[np.maximum(g, 0)], -1)
+            patch = _lookup(grid.compact, g, -1)
         ok &= patch >= 0
         t.n_used += int(ok.sum())
         np.add.at(t.acc.reshape(-1), patch[ok] * t.acc.shape[1] + gid[ok], 1)
