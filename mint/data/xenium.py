@@ -529,7 +529,9 @@ def xenium_targets(
         )
     covered = t.coverage > 0
     keep_grid = np.flatnonzero(covered & grid.is_tissue)  # raster order
-    if keep_grid.size == 0:  # cells mode only: counts sit in cells' patches, not coverage's
+    # Reachable in cells mode only: a cell's counts go to its centroid's patch, while coverage
+    # follows the transcripts' own positions (which may all be off tissue or off the slide).
+    if keep_grid.size == 0:
         raise MintError(f"{sid} {tpath}: no tissue patch overlaps the transcripts")
 
     panel_genes, src_cols = _panel(t, h5ad_names, cfg.keep_controls)
