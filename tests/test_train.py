@@ -88,6 +88,25 @@ def test_config_defaults_unknown_keys_and_types():
 
 
 # -- losses ---------------------------------------------------------------------------------
+def test_one_autocast_policy_for_training_and_bench_embedding():
+    """mint.precision is the policy of both: training forces bf16 even on CPU (CPU autocast), the
+    HEST-Bench embedding never autocasts off the GPU (HEST's torch.cuda.amp.autocast); fp32 and a
+    CPU "auto" are full precision for both."""
+    from mint.precision import autocast, autocast_dtype
+
+    assert autocast_dtype("bf16", "cpu", cpu_autocast=True) == torch.bfloat16
+    assert autocast_dtype("bf16", "cpu", cpu_autocast=False) is None
+    assert autocast_dtype("fp16", "cuda:0", cpu_autocast=False) == torch.float16
+    assert autocast_dtype("bf16", "cuda", cpu_autocast=False) == torch.bfloat16
+    for cpu_autocast in (True, False):
+        assert autocast_dtype("fp32", "cuda", cpu_autocast=cpu_autocast) is None
+        assert autocast_dtype("auto", "cpu", cpu_autocast=cpu_autocast) is None
+    with autocast(torch.bfloat16, "cpu"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    with autocast(None, "cpu"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
 def test_masked_mse_matches_direct_computation():
     g = torch.Generator().manual_seed(0)
     pred = torch.randn(5, 7, generator=g, requires_grad=True)

@@ -20,10 +20,11 @@ import torch
 from safetensors.torch import load_file
 
 from mint.cli import main
+from mint.train.checkpoint import latest_checkpoint
 from mint.train.config import TrainConfig
 from mint.train.preempt import EXIT_RESUME, StopSignals
 from mint.train.toy import write_toy_shards
-from mint.train.trainer import latest_checkpoint, train
+from mint.train.trainer import train
 
 torch.set_num_threads(1)
 
@@ -139,7 +140,7 @@ def _assert_same_weights(a_dir: Path, b_dir: Path) -> None:
 
 
 def test_forced_rerun_retrains_unless_checkpoints_are_kept(shards, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="mint.train.trainer")
+    caplog.set_level(logging.INFO, logger="mint.train")
     params = {**PARAMS, "steps": 3, "num_workers": 0}
     out = tmp_path / "rerun"
     cfg = TrainConfig.from_dict(params)
