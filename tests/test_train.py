@@ -146,7 +146,7 @@ def test_dino_loss_and_centering_match_direct_computation():
     loss_fn = DINOLoss(k, student_temp=ts, center_momentum=0.8)
     loss_fn.center.copy_(torch.randn(1, k, generator=g))
     c0 = loss_fn.center.clone()
-    got = loss_fn(s, t, teacher_temp=tt, n_crops=n_crops)
+    got = loss_fn(s, t, teacher_temp_now=tt, n_crops=n_crops)
     terms = []
     for i in range(2):
         for v in range(n_crops):
@@ -159,7 +159,7 @@ def test_dino_loss_and_centering_match_direct_computation():
                 per_sample.append(-(q * logp).sum())
             terms.append(torch.stack(per_sample).mean())
     torch.testing.assert_close(got, torch.stack(terms).mean())
-    got2, stats = loss_fn.loss_and_stats(s, t, teacher_temp=tt, n_crops=n_crops)
+    got2, stats = loss_fn.loss_and_stats(s, t, teacher_temp_now=tt, n_crops=n_crops)
     torch.testing.assert_close(got2, got)
     q = torch.softmax((t - c0) / tt, dim=-1)
     h = -torch.special.xlogy(q, q).sum(-1).mean()
