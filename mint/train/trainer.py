@@ -70,6 +70,7 @@ log = logging.getLogger(__name__)
 
 
 def modality_weight(cfg: TrainConfig, modality: str) -> float:
+    """The loss weight of a modality's expression head; MintError for a modality MINT has none for."""
     if modality == "visium":
         return cfg.w_visium
     if modality == "xenium":
@@ -349,6 +350,9 @@ def _train(
     stop: StopSignals,
     timm_out: str | Path | None = None,
 ) -> Path | None:
+    """`train()` inside its process group and signal handlers. The order is part of the result:
+    per-process RNGs are seeded before the models are built, the checkpoint is loaded before the
+    DDP wrap, and the data stream starts at the resumed step."""
     index = _checked_index(cfg, index_path)
     ckpt_dir = out_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
