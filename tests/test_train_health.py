@@ -20,8 +20,9 @@ from mint.models.backbones import build_backbone
 from mint.train.config import TrainConfig
 from mint.train.data import TrainStream, ValStream, read_index
 from mint.train.export import timm_state_dict
+from mint.train.metrics import METRIC_COLUMNS, health_report
 from mint.train.toy import write_toy_shards
-from mint.train.trainer import METRIC_COLUMNS, MintTrainer, health_report, train
+from mint.train.trainer import MintTrainer, train
 
 torch.set_num_threads(1)
 
