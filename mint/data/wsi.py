@@ -33,10 +33,16 @@ against OpenSlide on a few tiles of every level when the slide is opened and is 
 they differ or the file is anything else (a vendor format such as SVS, other compression,
 predictor or planar layout): OpenSlide then reads, as before. Regions are RGBA (alpha 255) internally because
 OpenCV's bilinear warp is ~2.5x faster on 4 channels than on 3.
+
+Deflate tiles are inflated by libdeflate when the ``deflate`` wheel is installed (a declared
+dependency; called through ctypes, which releases the GIL so reader threads inflate in
+parallel, and writing straight into the tile buffer): ~1.6x faster than zlib on slide tiles and
+bit-identical (lossless). Without it, or for a tile libdeflate rejects, zlib decodes as before.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import os
@@ -205,12 +211,21 @@ class WSI:
         return out, loc[0] / ds, loc[1] / ds
 
     def read_box(
-        self, x: float, y: float, w: float, h: float, out_w: int, out_h: int
+        self,
+        x: float,
+        y: float,
+        w: float,
+        h: float,
+        out_w: int,
+        out_h: int,
+        out: np.ndarray | None = None,
     ) -> np.ndarray:
         """Level-0 box (x, y, w, h) resampled to (out_h, out_w, 3) uint8 RGB.
 
         Parts of the box outside the slide are white. Geometry is exact: output pixel u covers
-        level-0 [x + u * w / out_w, x + (u + 1) * w / out_w).
+        level-0 [x + u * w / out_w, x + (u + 1) * w / out_w). With `out` (a C-contiguous
+        (out_h, out_w, 3) uint8 array, e.g. one slot of a batch) the patch is written there and
+        `out` is returned: the last colour conversion writes into it, saving a copy per patch.
         """
         if w <= 0 or h <= 0 or out_w <= 0 or out_h <= 0:
             raise ValueError(f"empty box or output size: {(x, y, w, h, out_w, out_h)}")
@@ -224,8 +239,16 @@ class WSI:
         ix1 = math.ceil(bx + bw - _EPS) + margin
         iy1 = math.ceil(by + bh - _EPS) + margin
         region, sx, sy = self._read_level(level, ix0, iy0, ix1 - ix0, iy1 - iy0)
-        out = resample(region, bx - sx, by - sy, bw, bh, out_w, out_h)
-        return cv2.cvtColor(out, cv2.COLOR_RGBA2RGB) if out.shape[2] == 4 else out
+        img = resample(region, bx - sx, by - sy, bw, bh, out_w, out_h)
+        if out is None:
+            return cv2.cvtColor(img, cv2.COLOR_RGBA2RGB) if img.shape[2] == 4 else img
+        if out.shape != (out_h, out_w, 3) or out.dtype != np.uint8 or not out.flags.c_contiguous:
+            raise ValueError(f"out must be C-contiguous uint8 {(out_h, out_w, 3)}, got {out.shape}")
+        if img.shape[2] == 4:
+            cv2.cvtColor(img, cv2.COLOR_RGBA2RGB, dst=out)
+        else:
+            out[...] = img
+        return out
 
     def read_region(self, x: float, y: float, size_src: float, out_size: int) -> np.ndarray:
         """Square level-0 box with top-left (x, y) and side `size_src`, resampled to `out_size`.
@@ -327,6 +350,60 @@ _RAW, _JPEG, _DEFLATE = 1, 7, (8, 32946)
 #: Largest mean |direct - OpenSlide| (uint8) accepted by the self-check (JPEG decoders may
 #: round a few pixels differently; a wrong colour space or layout is off by tens).
 _CHECK_MAD = 1.0
+
+
+class _Inflate:
+    """Inflate a zlib stream (a TIFF deflate tile) into a preallocated buffer of known size.
+
+    libdeflate's ``libdeflate_zlib_decompress`` from the ``deflate`` wheel's extension module
+    (which exports libdeflate's C API), called with ctypes: no GIL held, no intermediate bytes
+    object. :attr:`backend` says which decoder runs ("libdeflate" or "zlib").
+    """
+
+    def __init__(self) -> None:
+        self._lib = None
+        try:
+            from deflate import _deflate
+
+            lib = ctypes.CDLL(_deflate.__file__)
+            lib.libdeflate_alloc_decompressor.restype = ctypes.c_void_p
+            lib.libdeflate_alloc_decompressor.argtypes = []
+            lib.libdeflate_free_decompressor.restype = None
+            lib.libdeflate_free_decompressor.argtypes = [ctypes.c_void_p]
+            fn = lib.libdeflate_zlib_decompress
+            fn.restype = ctypes.c_int
+            fn.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p,
+                           ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)]  # fmt: skip
+            self._lib = lib
+        except (ImportError, OSError, AttributeError):  # no wheel, or one without the C API
+            pass
+        self.backend = "zlib" if self._lib is None else "libdeflate"
+
+    def into(self, data: bytes, out: np.ndarray) -> None:
+        """Fill the C-contiguous uint8 `out` with the inflated `data`; ValueError or
+        zlib.error when the stream is corrupt or does not inflate to at least out.nbytes."""
+        need = out.nbytes
+        lib = self._lib
+        if lib is not None:
+            d = lib.libdeflate_alloc_decompressor()
+            if d:
+                got = ctypes.c_size_t(0)
+                try:
+                    rc = lib.libdeflate_zlib_decompress(
+                        d, data, len(data), out.ctypes.data, need, ctypes.byref(got)
+                    )
+                finally:
+                    lib.libdeflate_free_decompressor(d)
+                if rc == 0 and got.value == need:
+                    return
+            # Short, longer than the tile, or corrupt: zlib decides (and words the error).
+        raw = zlib.decompress(data, bufsize=need)
+        if len(raw) < need:
+            raise ValueError(f"tile has {len(raw)} of {need} bytes")
+        out.reshape(-1)[:] = np.frombuffer(raw, np.uint8, need)
+
+
+_INFLATE = _Inflate()
 
 
 class _Level:
@@ -476,12 +553,15 @@ class _TiffTiles:
                 if bgr is None or bgr.shape[:2] != (lv.th, lv.tw):
                     raise ValueError("JPEG tile does not decode to the tile size")
                 rgba = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGBA)
+            elif lv.compression in _DEFLATE:
+                rgb = np.empty((lv.th, lv.tw, 3), np.uint8)
+                _INFLATE.into(data, rgb)
+                rgba = cv2.cvtColor(rgb, cv2.COLOR_RGB2RGBA)
             else:
                 need = lv.th * lv.tw * 3
-                raw = zlib.decompress(data, bufsize=need) if lv.compression in _DEFLATE else data
-                if len(raw) < need:
-                    raise ValueError(f"tile has {len(raw)} of {need} bytes")
-                rgb = np.frombuffer(raw, np.uint8, need).reshape(lv.th, lv.tw, 3)
+                if len(data) < need:
+                    raise ValueError(f"tile has {len(data)} of {need} bytes")
+                rgb = np.frombuffer(data, np.uint8, need).reshape(lv.th, lv.tw, 3)
                 rgba = cv2.cvtColor(rgb, cv2.COLOR_RGB2RGBA)
         except (OSError, ValueError, zlib.error, cv2.error) as exc:
             raise MintError(
@@ -520,15 +600,4 @@ class _TiffTiles:
                     dst[...] = 255
                 else:
                     dst[...] = tile[ay0 - ty * th : ay1 - ty * th, ax0 - tx * tw : ax1 - tx * tw]
-        return out
-        for ty in range(y0 // th, (y1 - 1) // th + 1):
-            ay0, ay1 = max(y0, ty * th), min(y1, (ty + 1) * th)
-            for tx in range(x0 // tw, (x1 - 1) // tw + 1):
-                tile = self._tile(level, ty, tx)
-                if tile is None:
-                    continue
-                ax0, ax1 = max(x0, tx * tw), min(x1, (tx + 1) * tw)
-                out[ay0 - y : ay1 - y, ax0 - x : ax1 - x] = tile[
-                    ay0 - ty * th : ay1 - ty * th, ax0 - tx * tw : ax1 - tx * tw
-                ]
         return out
