@@ -366,3 +366,31 @@ def test_read_patches_keeps_opencv_to_one_thread(slides):
             assert cv2.getNumThreads() == 2
     finally:
         cv2.setNumThreads(before)
+
+
+def test_levels_are_checked_on_first_use_and_a_failing_level_hands_over(slides, monkeypatch):
+    """Opening checks level 0 only; another level is checked before its first direct read, and
+    when it disagrees with OpenSlide, OpenSlide reads from then on (its pixels, not the bad ones)."""
+    import mint.data.wsi as wsi_mod
+
+    path, _ = slides[0.25]
+    wsi = WSI(path, 0.25, "S")
+    assert wsi.reads_tiles_directly and wsi._tiles._checked == {0}
+    wsi.read_region(40, 60, 224, 224)  # level 0
+    assert wsi._tiles._checked == {0}
+    orig = wsi_mod._TiffTiles._read
+
+    def broken(self, level, x, y, w, h):  # level 1 decodes to the wrong colours
+        r = orig(self, level, x, y, w, h)
+        return 255 - r if level == 1 else r
+
+    monkeypatch.setattr(wsi_mod._TiffTiles, "_read", broken)
+    got = wsi.read_region(40, 60, 448, 224)  # downsample 2: level 1
+    assert not wsi.reads_tiles_directly
+    ref = WSI(path, 0.25, "S", direct=False)
+    np.testing.assert_array_equal(got, ref.read_region(40, 60, 448, 224))
+    np.testing.assert_array_equal(
+        wsi.read_region(40, 60, 224, 224), ref.read_region(40, 60, 224, 224)
+    )
+    wsi.close()
+    assert wsi._tiles_failed is None

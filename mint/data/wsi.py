@@ -29,8 +29,9 @@ box out of them. OpenSlide's ``read_region`` costs about as much per pixel for a
 decoding it (it composites through cairo into premultiplied ARGB, then converts), and on levels
 whose reported downsample is not an integer (any odd-sized slide) it takes a sub-pixel
 compositing path that is several times slower still and blurs. The direct path is checked
-against OpenSlide on a few tiles of every level when the slide is opened and is not used when
-they differ or the file is anything else (a vendor format such as SVS, other compression,
+against OpenSlide on a few tiles of a level before its first direct read (level 0 when the slide
+is opened, others when first used, so a slide read only at level 0 decodes nothing else) and is
+not used when they differ or the file is anything else (a vendor format such as SVS, other compression,
 predictor or planar layout): OpenSlide then reads, as before. Regions are RGBA (alpha 255) internally because
 OpenCV's bilinear warp is ~2.5x faster on 4 channels than on 3.
 
@@ -121,6 +122,7 @@ class WSI:
         self.level_dimensions = [tuple(int(v) for v in d) for d in self._slide.level_dimensions]
         self.level_downsamples = [float(d) for d in self._slide.level_downsamples]
         self.level_scales = [_content_scale(self.dimensions, d) for d in self.level_dimensions]
+        self._tiles_failed: _TiffTiles | None = None
         self._tiles = _TiffTiles.open(self, cache_mb << 20) if direct else None
 
     # -- construction / context --------------------------------------------------------------
@@ -134,10 +136,11 @@ class WSI:
         return self._tiles is not None
 
     def close(self) -> None:
-        tiles = getattr(self, "_tiles", None)
-        if tiles is not None:
-            tiles.close()
-            self._tiles = None
+        for name in ("_tiles", "_tiles_failed"):
+            tiles = getattr(self, name, None)
+            if tiles is not None:
+                tiles.close()
+                setattr(self, name, None)
         slide = getattr(self, "_slide", None)
         if slide is not None:
             slide.close()
@@ -183,8 +186,15 @@ class WSI:
         for direct tile reads; for OpenSlide, location / reported downsample as it computes
         them, equal to (x, y) whenever the downsample is an integer).
         """
-        if self._tiles is not None:
-            return self._tiles.read(level, int(x), int(y), int(w), int(h)), float(x), float(y)
+        tiles = self._tiles
+        if tiles is not None:
+            try:
+                return tiles.read(level, int(x), int(y), int(w), int(h)), float(x), float(y)
+            except _UseOpenSlide:
+                # A level failed its self-check: OpenSlide reads everything from now on. The
+                # reader stays open until close(), for threads still inside a read.
+                self._tiles, self._tiles_failed = None, tiles
+                log.debug("%s: OpenSlide reads the pixels (%s)", self.sample_id, tiles.failed)
         return self._openslide_level(level, x, y, w, h)
 
     def _openslide_level(
@@ -420,6 +430,10 @@ class _Level:
         self.jpeg_tables = bytes(tables) if tables else b""
 
 
+class _UseOpenSlide(Exception):
+    """A level's direct reads disagree with OpenSlide (raised by the lazy self-check)."""
+
+
 class _TiffTiles:
     """Decoded-tile reader for tiled pyramidal TIFFs (see the module docstring).
 
@@ -435,6 +449,10 @@ class _TiffTiles:
         self._cached = 0
         self._lock = threading.Lock()
         self._fd = os.open(self.path, os.O_RDONLY)
+        self._slide, self._downsamples = wsi._slide, wsi.level_downsamples
+        self._checked: set[int] = set()
+        self._check_lock = threading.Lock()
+        self.failed = ""
 
     @classmethod
     def open(cls, wsi: WSI, cache_bytes: int) -> _TiffTiles | None:
@@ -446,7 +464,7 @@ class _TiffTiles:
                 why = levels
             else:
                 tiles = cls(wsi, levels, cache_bytes)
-                why = tiles._self_check(wsi)
+                why = tiles._check_level(0)
                 if not why:
                     return tiles
                 tiles.close()
@@ -493,25 +511,31 @@ class _TiffTiles:
                 levels.append(_Level(page, w, h))
         return levels
 
-    def _self_check(self, wsi: WSI) -> str:
-        """Compare direct reads with OpenSlide's on the first tile of every level and on a
-        central tile of level 0 (integer level coordinates, so OpenSlide does not resample)."""
-        for level, lv in enumerate(self.levels):
+    def _check_level(self, level: int) -> str:
+        """Compare direct reads of `level` with OpenSlide's ("" when equal, else why not):
+        the first tile, and a central tile of level 0 (integer level coordinates, so OpenSlide
+        does not resample). Runs once per level, before the level's first direct read."""
+        with self._check_lock:
+            if level in self._checked or self.failed:
+                return self.failed
+            lv = self.levels[level]
             spots = [(0, 0)]
             if level == 0:
                 spots.append(((lv.width // 2) // lv.tw * lv.tw, (lv.height // 2) // lv.th * lv.th))
             for x, y in spots:
                 w, h = min(lv.tw, lv.width - x), min(lv.th, lv.height - y)
-                mine = self.read(level, x, y, w, h)[..., :3].astype(np.int16)
-                ds = wsi.level_downsamples[level]
+                mine = self._read(level, x, y, w, h)[..., :3].astype(np.int16)
+                ds = self._downsamples[level]
                 loc = (int(round(x * ds)), int(round(y * ds)))
-                ref = np.asarray(wsi._slide.read_region(loc, level, (w, h)))[..., :3]
+                ref = np.asarray(self._slide.read_region(loc, level, (w, h)))[..., :3]
                 mad = float(np.abs(mine - ref).mean())
                 if mad > _CHECK_MAD:
-                    return (
+                    self.failed = (
                         f"direct tile read differs from OpenSlide at level {level} (mad {mad:.2f})"
                     )
-        return ""
+                    return self.failed
+            self._checked.add(level)
+            return ""
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -575,7 +599,13 @@ class _TiffTiles:
         """RGBA (h, w, 4) of level pixels [x, x + w) x [y, y + h); outside the level is white.
 
         A box inside one tile comes back as a read-only view of the cached tile (no copy).
+        Raises _UseOpenSlide when the level fails its self-check (run before its first read).
         """
+        if level not in self._checked and self._check_level(level):
+            raise _UseOpenSlide(self.failed)
+        return self._read(level, x, y, w, h)
+
+    def _read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         lv = self.levels[level]
         x0, y0 = max(x, 0), max(y, 0)
         x1, y1 = min(x + w, lv.width), min(y + h, lv.height)
