@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -106,23 +107,29 @@ def read_patches(
     is resampled exactly (:meth:`WSI.read_box`), so a spot patch is centred on the spot to a
     small fraction of an output pixel. Whole-pixel boxes take the reader's crop/resize path.
     Batch arrays are reused: a batch stays valid until the next-but-one is requested.
+
+    Parallelism is the `threads` reader threads only: OpenCV's own thread pool is set to one
+    thread while patches are read (and restored after), because splitting one 224 px warp over
+    all cores costs more CPU than it saves and would make ``--threads 1`` use every core.
     """
     n = len(tops)
     pool = ThreadPoolExecutor(max_workers=threads) if threads > 1 else None
     bar = tqdm(total=n, desc=desc, unit="patch", disable=not progress)
+    cv_threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
 
     side = float(size_src)
-
-    def one(i: int) -> np.ndarray:
-        x, y = float(tops[i, 0]), float(tops[i, 1])
-        return wsi.read_box(x, y, side, side, out_size, out_size)
+    xy = np.asarray(tops, np.float64).tolist()  # Python floats once, not per patch
 
     # Two buffers used in turn, so the caller may still be writing the previous batch (in a
-    # thread) while this one is read.
+    # thread) while this one is read. Each patch is written straight into its slot.
     bufs = [np.empty((min(batch, n), out_size, out_size, 3), np.uint8) for _ in range(2)]
 
     def fill(i: int, start: int) -> None:
-        bufs[(start // batch) % 2][i - start] = one(i)
+        x, y = xy[i][0], xy[i][1]
+        wsi.read_box(
+            x, y, side, side, out_size, out_size, out=bufs[(start // batch) % 2][i - start]
+        )
 
     try:
         for start in range(0, n, batch):
@@ -136,6 +143,7 @@ def read_patches(
             bar.update(len(ids))
     finally:
         bar.close()
+        cv2.setNumThreads(cv_threads)
         if pool:
             pool.shutdown()
 
