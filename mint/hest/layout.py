@@ -71,17 +71,23 @@ def is_patch_level(technology: str) -> bool:
     return level_of(technology) == "patch"
 
 
-def required_keys(technology: str, cell_seg: bool = True) -> list[str]:
+def sample_keys(patch_level: bool, cell_seg: bool = True) -> list[str]:
     """Keys of the files a sample must have: the tile job reads each of them.
 
-    The Xenium cell segmentation is required unless `cell_seg` is False (transcript targets).
+    Patch-level (Xenium) samples add the transcripts and, unless `cell_seg` is False
+    (transcript targets), the cell segmentation.
     """
     keys = list(COMMON_KEYS)
-    if is_patch_level(technology):
+    if patch_level:
         keys.append("transcripts")
         if cell_seg:
             keys.append("cell_seg")
     return keys
+
+
+def required_keys(technology: str, cell_seg: bool = True) -> list[str]:
+    """`sample_keys` of a technology (MintError for an unknown one)."""
+    return sample_keys(is_patch_level(technology), cell_seg)
 
 
 def optional_keys(technology: str, cell_seg: bool = True) -> list[str]:
