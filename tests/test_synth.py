@@ -375,7 +375,9 @@ def test_synth_config_is_the_one_list_of_sizes():
     schema = yaml.safe_load(schema_file.read_text())
     section = schema["properties"]["synthetic"]["properties"]
     assert set(fields) <= set(section)
-    assert SynthConfig.from_config({k: v.get("default") for k, v in section.items()}) == SynthConfig()
+    assert (
+        SynthConfig.from_config({k: v.get("default") for k, v in section.items()}) == SynthConfig()
+    )
     for name in fields:  # a default the schema states must be the dataclass's
         if "default" in section[name]:
             assert section[name]["default"] == getattr(SynthConfig(), name), name

@@ -76,7 +76,9 @@ class SynthConfig:
     @classmethod
     def from_config(cls, section: dict) -> SynthConfig:
         """From the workflow config's `synthetic` section (which also sizes the EVA task)."""
-        return cls(**{f.name: section[f.name] for f in dataclasses.fields(cls) if f.name in section})
+        return cls(
+            **{f.name: section[f.name] for f in dataclasses.fields(cls) if f.name in section}
+        )
 
     def cli_flags(self) -> dict[str, object]:
         """{'--n-visium': 3, ...}: the `mint synth` flags that give this config."""
