@@ -56,6 +56,7 @@ from mint.data.genes import as_str
 from mint.data.tiles import TileInfo, read_info
 from mint.data.vocab import read_vocab
 from mint.errors import MintError, one_line
+from mint.hest.layout import bench_task_sample_ids
 from mint.io import atomic_path, sweep_temps, write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -442,8 +443,7 @@ def bench_sample_ids(bench_dir: Path, tasks: list[str]) -> set[str]:
         d = bench_dir / task
         if not d.is_dir():
             raise MintError(f"{task} {d}: bench task folder not found")
-        for sub, suffix in (("adata", ".h5ad"), ("patches", ".h5")):
-            ids |= {p.name[: -len(suffix)] for p in (d / sub).glob(f"*{suffix}")}
+        ids |= bench_task_sample_ids(d)
     return ids
 
 

@@ -30,6 +30,7 @@ folder and `sample_id` a wildcard such as "{sample}": the id is inserted literal
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from mint.hest.metadata import level_of
 
@@ -103,14 +104,32 @@ def sample_files(
 
 
 # --------------------------------------------------------------------------- HEST-Bench
+#: The files of one bench sample, relative to its task folder (as the split CSVs name them).
+BENCH_SAMPLE_FILES: dict[str, str] = {
+    "adata": "adata/{id}.h5ad",
+    "patches": "patches/{id}.h5",
+}
+
+
 def bench_adata(sample_id: str) -> str:
-    """A bench sample's expression file, relative to its task folder (as in the split CSVs)."""
-    return f"adata/{sample_id}.h5ad"
+    """A bench sample's expression file, relative to its task folder."""
+    return BENCH_SAMPLE_FILES["adata"].format(id=sample_id)
 
 
 def bench_patches(sample_id: str) -> str:
-    """A bench sample's patch file, relative to its task folder (as in the split CSVs)."""
-    return f"patches/{sample_id}.h5"
+    """A bench sample's patch file, relative to its task folder."""
+    return BENCH_SAMPLE_FILES["patches"].format(id=sample_id)
+
+
+def bench_task_sample_ids(task_dir: str | os.PathLike) -> set[str]:
+    """Ids of the samples whose expression or patch file lies in a task folder."""
+    ids: set[str] = set()
+    for pattern in BENCH_SAMPLE_FILES.values():
+        sub, name = pattern.split("/")
+        prefix, suffix = name.split("{id}")
+        for p in Path(task_dir, sub).glob(f"{prefix}*{suffix}"):
+            ids.add(p.name[len(prefix) : len(p.name) - len(suffix)])
+    return ids
 
 
 def bench_split(kind: str, fold: int) -> str:
