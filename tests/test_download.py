@@ -290,6 +290,18 @@ def test_unknown_sample_is_one_line(tmp_path, meta_csv, capsys):
     assert rc == 2 and "TENX999" in err and str(meta_csv) in err and len(err.splitlines()) == 1
 
 
+def test_unknown_technology_names_sample_and_file(tmp_path, capsys):
+    meta = tmp_path / "m.csv"
+    base = {"id": "X1", "st_technology": "Slide-seq", "species": "Homo sapiens", "organ": "a"}
+    base.update(oncotree_code="b", patient="p", dataset_title="t", pixel_size_um_estimated=0.5)
+    pd.DataFrame([base]).to_csv(meta, index=False)
+    args = ["download", "--source", "local", "--local-dir", str(tmp_path), "--sample", "X1"]
+    rc = main([*args, "--metadata", str(meta), "--out-dir", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "X1" in err and str(meta) in err and "Slide-seq" in err, err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
 def test_synthetic_is_not_a_download_source(tmp_path, meta_csv):
     """Synthetic data is written by `mint synth`; `mint download` handles real data only."""
     with pytest.raises(SystemExit):
@@ -393,6 +405,7 @@ def test_bench_hub(monkeypatch, tmp_path, zipped):
     assert (d / "patches" / "S1.h5").exists() and not list(d.rglob("*.zip"))
     assert not (out / "fm_v1").exists() and not (out / "OTHER").exists()
     assert download_bench.check_task(d, "IDC") == 1
+    assert layout.bench_task_sample_ids(d) == {"S1", "S2"}
 
 
 def test_bench_checks_and_local(tmp_path, capsys):

@@ -352,6 +352,7 @@ def test_cli_parts_write_one_sample_or_one_task(tmp_path):
     from mint.hest.download_bench import check_task
 
     assert check_task(bench / "SYNTH_XENIUM", "SYNTH_XENIUM") == 2
+    assert layout.bench_task_sample_ids(bench / "SYNTH_XENIUM") == {"SYNBX000", "SYNBX001"}
 
 
 def test_synth_config_is_the_one_list_of_sizes():

@@ -170,6 +170,10 @@ def run(args: argparse.Namespace) -> int:
     df = read_metadata(args.metadata)
     row = sample_row(df, args.sample)
     tech = str(row["st_technology"])
+    try:
+        layout.required_keys(tech)  # which files a sample has depends on its technology
+    except MintError as exc:
+        raise MintError(f"{args.sample} {args.metadata}: {exc}") from None
     if args.source == "hub":
         files = download_hub(
             args.sample,
