@@ -80,9 +80,7 @@ def sample_keys(patch_level: bool, cell_seg: bool = True) -> list[str]:
     """
     keys = list(COMMON_KEYS)
     if patch_level:
-        keys.append("transcripts")
-        if cell_seg:
-            keys.append("cell_seg")
+        keys += [k for k in XENIUM_KEYS if cell_seg or k != "cell_seg"]
     return keys
 
 
