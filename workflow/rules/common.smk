@@ -28,8 +28,8 @@ from mint.hest.metadata import level_of, read_metadata
 from mint.hest.select import SelectionConfig, select_samples
 from mint.safe import check_name
 from mint.synth.hest import synthetic_metadata
-from mint.synth.specs import SynthConfig
 from mint.synth.pretrain import pretrain_config
+from mint.synth.specs import SynthConfig
 from mint.train.preempt import preemption_count
 from snakemake.settings.types import DeploymentMethod
 
