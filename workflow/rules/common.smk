@@ -4,14 +4,14 @@
 # globs large folders: on SLURM every job re-parses the Snakefile.
 #
 # Two rules for shell lines, so that no config value can run a command or break one:
-#   - every value that comes from the config or the metadata goes through `q()` / `opt()`
-#     (shlex.quote) or, for paths, `{input:q}` / `{output:q}`;
+#   - a stage's settings become flags through `stage_opts(stage, config[section])` (the table
+#     in mint/settings.py); any other value from the config or the metadata goes through
+#     `q()` / `opt()` (shlex.quote) or, for paths, `{input:q}` / `{output:q}`;
 #   - every id that becomes a path (sample, run, task, model key) is checked by
 #     `mint.safe.check_name` here, at parse time, naming the value and where it came from.
 import json
 import os
 import re
-import shlex
 import sys
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from mint.hest.bench import bench_tasks
 from mint.hest.metadata import level_of, read_metadata
 from mint.hest.select import SelectionConfig, select_samples
 from mint.safe import check_name
+from mint.settings import opt, opts, q, stage_opts
 from mint.synth.hest import synthetic_metadata
 from mint.synth.pretrain import pretrain_config
 from mint.train.preempt import preemption_count
@@ -35,24 +36,6 @@ WORKFLOW_DIR = Path(workflow.basedir)
 ENV = "../../envs/mint.yaml"
 HEST = "resources/hest"
 BENCH = "resources/hest-bench"
-
-
-def q(value):
-    """One shell word for any value (shlex.quote): `$(...)`, quotes and spaces stay literal."""
-    return shlex.quote(str(value))
-
-
-def opt(flag, value):
-    """`--flag 'value'` (a list gives several quoted words); empty for None."""
-    if value is None:
-        return ""
-    if isinstance(value, (list, tuple)):
-        return f"{flag} " + " ".join(q(v) for v in value)
-    return f"{flag} {q(value)}"
-
-
-def opts(*parts):
-    return " ".join(p for p in parts if p)
 
 
 # Shell lines call `mint` (and `python` for torchrun). This Python's bin folder is put first on
@@ -86,14 +69,7 @@ def pinned(path):
 # ---------------------------------------------------------------- metadata and samples
 SOURCE = config["hest"]["source"]
 SYNTH = config["synthetic"]
-SYNTH_ARGS = opts(
-    opt("--seed", SYNTH["seed"]),
-    opt("--n-visium", SYNTH["n_visium"]),
-    opt("--n-st", SYNTH["n_st"]),
-    opt("--n-xenium", SYNTH["n_xenium"]),
-    opt("--slide-size-um", SYNTH["slide_size_um"]),
-    opt("--n-genes", SYNTH["n_genes"]),
-)
+SYNTH_ARGS = stage_opts("synth", SYNTH)
 
 if SOURCE == "synthetic":
     METADATA_CSV = f"{HEST}/HEST_metadata.csv"
@@ -132,25 +108,7 @@ if not SAMPLES:
 
 def selection_args():
     """The `mint select` flags that reproduce SELECTION_CONFIG (same function, same result)."""
-    args = [
-        opt(flag, SEL[key]) if SEL[key] else ""
-        for flag, key in [
-            ("--species", "species"),
-            ("--technologies", "technologies"),
-            ("--organs", "organs"),
-            ("--include", "include"),
-            ("--exclude", "exclude"),
-        ]
-    ]
-    if not SEL["exclude_bench"]:
-        args.append("--no-exclude-bench")
-    if SEL["exclude_leakage"]:
-        args.append("--exclude-leakage")
-    if SEL["exclude_visium_hd"]:
-        args.append("--exclude-visium-hd")
-    if SEL["max_samples"]:
-        args.append(opt("--max-samples", SEL["max_samples"]))
-    return opts(*args)
+    return stage_opts("select", SEL)
 
 
 # ---------------------------------------------------------------- benchmark tasks
@@ -357,13 +315,13 @@ DOWNLOAD_CMD = (
 def download_source_args():
     h = config["hest"]
     if SOURCE == "hub":
-        return opts(opt("--repo-id", h["repo_id"]), opt("--retries", h["retries"]))
+        return stage_opts("download", h, ["repo_id", "retries"])
     if SOURCE == "local":
         if not h["local_dir"]:
             raise MintError(
                 "config 'hest.local_dir' is required when hest.source is 'local'"
             )
-        return opt("--local-dir", h["local_dir"]) + (" --copy" if h["copy"] else "")
+        return stage_opts("download", h, ["local_dir", "copy"])
     return SYNTH_ARGS
 
 
@@ -371,14 +329,15 @@ def bench_source_args():
     b = config["bench_data"]
     if BENCH_SOURCE == "hub":
         return opts(
-            opt("--repo-id", b["repo_id"]), opt("--retries", config["hest"]["retries"])
+            stage_opts("download-bench", b, ["repo_id"]),
+            stage_opts("download", config["hest"], ["retries"]),
         )
     if BENCH_SOURCE == "local":
         if not b["local_dir"]:
             raise MintError(
                 "config 'bench_data.local_dir' is required when bench_data.source is 'local'"
             )
-        return opt("--local-dir", b["local_dir"])
+        return stage_opts("download-bench", b, ["local_dir"])
     return SYNTH_ARGS
 
 
@@ -432,10 +391,14 @@ def eva_common_args(wildcards, accelerator=None):
         opt("--model", MODEL_SPECS[wildcards.model]),
         opt("--model-name", wildcards.model),
         opt("--data-root", EVA_ROOT),
-        "--download" if EVA["download"] else "--no-download",
-        opt("--embedding", EVA["embedding"]),
-        opt("--accelerator", accelerator or EVA["accelerator"]),
-        opt("--overrides", json.dumps(EVA_OVERRIDES, sort_keys=True)),
+        stage_opts(
+            "eva",
+            {
+                **EVA,
+                "accelerator": accelerator or EVA["accelerator"],
+                "overrides": EVA_OVERRIDES,
+            },
+        ),
     )
 
 
