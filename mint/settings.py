@@ -76,6 +76,11 @@ class Option:
     def dest(self) -> str:
         return self.field or self.key or ""
 
+    @property
+    def workflow_differs(self) -> bool:
+        """True where the schema's default differs on purpose from the CLI's (see `why`)."""
+        return self.workflow is not _SAME
+
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
