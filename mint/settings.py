@@ -129,7 +129,11 @@ STAGES: dict[str, Stage] = {
             Option("organs", "--organs", help="organs to keep (none = all)"),
             Option("include", "--include", help="sample ids always kept"),
             Option("exclude", "--exclude", help="sample ids always removed"),
-            Option("exclude_bench", off_flag="--no-exclude-bench", help="keep HEST-Bench samples"),
+            Option(
+                "exclude_bench",
+                off_flag="--no-exclude-bench",
+                help="keep HEST-Bench samples in training",
+            ),
             Option(
                 "exclude_leakage",
                 "--exclude-leakage",
@@ -140,7 +144,12 @@ STAGES: dict[str, Stage] = {
                 "--exclude-visium-hd",
                 help="leave Visium HD samples out (their released counts may be unpooled)",
             ),
-            Option("max_samples", "--max-samples", type=int, help="keep at most N (first by id)"),
+            Option(
+                "max_samples",
+                "--max-samples",
+                type=int,
+                help="keep at most N samples (first by id)",
+            ),
         ),
         "mint.hest.select:SelectionConfig",
     ),
@@ -291,6 +300,8 @@ def add_options(parser: argparse.ArgumentParser, stage: str) -> None:
             kw["nargs"] = o.nargs
         else:
             kw["type"] = o.type or type(default)
+            if not o.choices:
+                kw["metavar"] = o.flag.lstrip("-").upper().replace("-", "_")
         if o.none_flag:
             group = parser.add_mutually_exclusive_group()
             group.add_argument(o.flag, **kw)
