@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 from mint.config import (
-    check_backbone,
     eva_overrides,
     results_config_hash,
     train_run_params,
@@ -28,7 +27,6 @@ from mint.hest.select import SelectionConfig, select_samples
 from mint.safe import check_name
 from mint.settings import opt, opts, q, stage_opts
 from mint.synth.hest import synthetic_metadata
-from mint.synth.pretrain import pretrain_config
 from mint.train.preempt import preemption_count
 from snakemake.settings.types import DeploymentMethod
 
@@ -124,9 +122,7 @@ for _task in BENCH_TASKS:
     check_name(_task, "HEST-Bench task", "config 'bench_data.tasks'")
 
 # ---------------------------------------------------------------- models
-check_backbone(config["base_model"], "base_model")
-for _spec in config["extra_models"]:
-    check_backbone(_spec, "extra_models")
+# base_model and extra_models are checked in the Snakefile (mint.config.check_open_sections).
 
 
 def model_key(spec):
@@ -143,10 +139,7 @@ PRETRAIN_CKPT = (
     else None
 )
 if PRETRAIN_CKPT:
-    # checked now by the job's own parser, like train.defaults / train.runs
-    pretrain_config(
-        PRETRAIN["params"], config["base_model"], "config 'pretrain.params'"
-    )
+    # pretrain.params: checked by the job's own parser in the Snakefile (check_open_sections)
     BASE_SPEC = f"{config['base_model']}@{PRETRAIN_CKPT}"
     BASE_KEY = model_key(config["base_model"]) + "-pretrained"
 else:
