@@ -184,21 +184,52 @@ STAGES: dict[str, Stage] = {
         ),
         "mint.data.tiling:TileConfig",
     ),
-    "vocab": Stage("vocab", (Option("n_top_genes", "--n-top-genes"),)),
+    "vocab": Stage(
+        "vocab",
+        (
+            Option("n_top_genes", "--n-top-genes"),
+            Option(
+                None,
+                "--min-sample-fraction",
+                field="min_sample_fraction",
+                help="HVG candidates must be measured by this fraction of spot-level samples",
+            ),
+        ),
+        "mint.data.vocab:VocabSettings",
+    ),
     "shards": Stage(
         "shards",
         (
             Option("samples_per_shard", "--samples-per-shard"),
-            Option("val_fraction", "--val-fraction"),
+            Option(
+                "val_fraction",
+                "--val-fraction",
+                help="fraction of the samples of each modality held out whole for validation",
+            ),
             Option("seed", "--seed"),
             Option("jpeg_quality", "--jpeg-quality"),
-            Option("min_vocab_coverage", "--min-vocab-coverage"),
-            Option("exclude_low_coverage", "--exclude-low-coverage"),
+            Option(
+                "min_vocab_coverage",
+                "--min-vocab-coverage",
+                help="fraction of its modality's vocabulary a sample must measure "
+                "(0: at least one gene)",
+            ),
+            Option(
+                "exclude_low_coverage",
+                "--exclude-low-coverage",
+                help="leave samples below --min-vocab-coverage out (listed in qc.tsv) instead "
+                "of stopping",
+            ),
         ),
+        "mint.data.shards:ShardSettings",
     ),
     "pretrain": Stage(
         "pretrain",
-        (Option("n_tiles", "--n-tiles"), Option("seed", "--seed")),
+        (
+            Option("n_tiles", "--n-tiles", help="synthetic tiles to pretrain on"),
+            Option("seed", "--seed", help="seed of the tiles (own stream)"),
+        ),
+        "mint.synth.pretrain:PretrainSettings",
     ),
     "embed": Stage(
         "bench",
@@ -241,8 +272,20 @@ STAGES: dict[str, Stage] = {
             Option("num_workers", "--num-workers", resource=True),
         ),
     ),
-    "drift": Stage("drift", (Option("max_patches", "--max-patches"),)),
-    "report": Stage("report", (Option("n_example_tiles", "--n-example-tiles"),)),
+    "drift": Stage(
+        "drift",
+        (
+            Option("max_patches", "--max-patches"),
+            Option(None, "--batch-size", field="batch_size"),
+            Option(None, "--seed", field="seed"),
+        ),
+        "mint.eval.drift:DriftSettings",
+    ),
+    "report": Stage(
+        "report",
+        (Option("n_example_tiles", "--n-example-tiles"),),
+        "mint.report.html:ReportSettings",
+    ),
 }
 
 
