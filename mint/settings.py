@@ -1,8 +1,8 @@
 """Stage settings: one table per `mint` verb from the workflow's config keys to CLI flags.
 
-Each stage's defaults live in one place, the stage's dataclass (`TileConfig`, `EmbedConfig`,
-...) or, for a verb without one, its `add_arguments`; the tables below only say which config
-key becomes which flag and field, and never repeat a default. Three views are derived from them:
+Each stage's defaults live in one place, the stage's settings dataclass (`TileConfig`,
+`ShardSettings`, `EmbedConfig`, ..., named by `Stage.defaults`); the tables below only say which
+config key becomes which flag and field, and never repeat a default. Three views are derived:
 
 - the rules' command lines: `stage_opts("tile", config["tile"])` writes the flags, each value
   one shell word (`shlex.quote`), so no config value can become shell syntax;
@@ -12,6 +12,10 @@ key becomes which flag and field, and never repeat a default. Three views are de
   user reads them there; tests/test_config.py parses each verb's flags for the schema's
   defaults and fails on any default that differs from the CLI's, unless the option declares
   the difference here (`workflow=`, with the reason in `why`).
+
+`synth`, `download`, `download-bench`, `probe` and `eva` have no `Stage.defaults` yet: their
+options are still written in their `add_arguments` (modules being reworked elsewhere, or, for
+`probe`, a setting that is not a `ProbeConfig` field); the same test ties those to the schema.
 
 The strings `stage_opts` writes are, flag for flag, the ones the rules wrote by hand before:
 Snakemake reruns a finished job when its params or shell text change, so a different spelling
