@@ -5,11 +5,13 @@
 #   snakemake --profile workflow/profiles/slurm --configfile config/config.yaml
 import os
 import signal
+import sys
 import threading
 
 from snakemake.utils import min_version, validate
 
-from mint.config import check_config
+from mint.config import check_config, check_open_sections
+from mint.errors import MintError
 
 min_version("9.0")
 
@@ -21,11 +23,18 @@ if not config:
     configfile: os.path.join(workflow.basedir, "config", "demo.yaml")
 
 
-# One readable line for a typo or a wrong type, then Snakemake's validation fills the defaults.
-check_config(
-    config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml")
-)
-validate(config, "workflow/schemas/config.schema.yaml")
+# A typo or a wrong value anywhere in the config stops here as one line naming the key (no
+# traceback): the schema's keys and types, Snakemake's validation (which fills the defaults),
+# then the open sections (train.defaults, train.runs, pretrain.params, eva.overrides) through
+# the jobs' own parsers. See mint/config.py.
+try:
+    check_config(
+        config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml")
+    )
+    validate(config, "workflow/schemas/config.schema.yaml")
+    check_open_sections(config)
+except MintError as exc:
+    sys.exit(str(exc))
 
 
 # SLURM sends SIGUSR1 (--signal=USR1@600, before the time limit) to every process of the job

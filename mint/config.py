@@ -1,8 +1,15 @@
-"""Check a workflow config against the JSON schema, with one readable line per problem.
+"""Check a workflow config at parse time, with one readable line per problem naming the key.
 
-Snakemake's own `validate()` (which also fills in the schema's defaults) prints the whole
-schema when a key is wrong; this check runs first so a typo reads as one line that names the
-key, e.g. ``config 'tile.min_tisue_fraction': unknown key (known: min_tissue_fraction, ...)``.
+Two kinds of section, one message format (`unknown_key`):
+- the fixed keys, typed by the JSON schema: `check_config` runs before Snakemake's own
+  `validate()` (which fills in the defaults but prints the whole schema when a key is wrong);
+- the open sections (`train.defaults`, `train.runs.<run>`, `pretrain.params`,
+  `eva.overrides`), whose keys belong to the jobs: `check_open_sections` runs the jobs' own
+  parsers (TrainConfig.from_dict, pretrain_config, mint.eva.render.check_overrides), so a
+  value refused hours later by `mint train` or `mint eva` is refused before any job runs.
+
+A typo anywhere reads e.g. ``config 'train.runs.mint.lrr': unknown key (known here: ...)``;
+the Snakefile prints that line alone (no traceback) and exits.
 """
 
 from __future__ import annotations
@@ -18,6 +25,12 @@ def _where(path) -> str:
     return ".".join(str(p) for p in path) or "(top level)"
 
 
+def unknown_key(where: str, key: str, known) -> str:
+    """The one line for a key that is not known at `where` (a dotted config path, or empty)."""
+    path = f"{where}.{key}" if where else key
+    return f"config '{path}': unknown key (known here: {', '.join(sorted(known))})"
+
+
 def config_problems(config: dict, schema: dict) -> list[str]:
     """Every schema violation as one line naming the key; empty when the config is valid."""
     import jsonschema
@@ -30,22 +43,72 @@ def config_problems(config: dict, schema: dict) -> list[str]:
             known = sorted(err.schema.get("properties", {}))
             extra = sorted(set(err.instance) - set(known))
             for key in extra:
-                key_path = f"{where}.{key}" if err.absolute_path else key
-                problems.append(
-                    f"config '{key_path}': unknown key (known here: {', '.join(known)})"
-                )
+                problems.append(unknown_key(where if err.absolute_path else "", key, known))
         else:
             problems.append(f"config '{where}': {err.message}")
     return problems
 
 
-def check_config(config: dict, schema_path: str | Path) -> None:
-    """Raise MintError with the first problem (and how many more) if the config is invalid."""
-    schema = yaml.safe_load(Path(schema_path).read_text())
-    problems = config_problems(config, schema)
+def _raise_first(problems: list[str]) -> None:
     if problems:
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
         raise MintError(problems[0] + more)
+
+
+def check_config(config: dict, schema_path: str | Path) -> None:
+    """Raise MintError with the first problem (and how many more) if the config is invalid."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    _raise_first(config_problems(config, schema))
+
+
+def open_section_problems(config: dict) -> list[str]:
+    """Every problem of the open sections, checked by the jobs' own code: unknown keys first
+    (all of them, each naming its full key), else the first value a job would refuse.
+    `config` has the schema's defaults filled in."""
+    from mint.train.config import TrainConfig
+
+    train_keys = set(TrainConfig.field_names()) | set(_renamed())
+    train = config["train"]
+    sections = [("train.defaults", train.get("defaults"))]
+    sections += [(f"train.runs.{run}", o) for run, o in (train.get("runs") or {}).items()]
+    sections.append(("pretrain.params", config["pretrain"].get("params")))
+    problems = []
+    for where, params in sections:
+        if isinstance(params, dict):
+            problems += [unknown_key(where, k, train_keys) for k in params if k not in train_keys]
+    if problems:
+        return problems
+    checks = [lambda: check_backbone(config["base_model"], "base_model")]
+    checks += [lambda s=s: check_backbone(s, "extra_models") for s in config["extra_models"]]
+    checks += [lambda: train_run_params(config), lambda: eva_overrides(config)]
+    if config["pretrain"]["enabled"]:
+        checks.append(lambda: _pretrain_params(config))
+    for check in checks:
+        try:
+            check()
+        except MintError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def check_open_sections(config: dict) -> None:
+    """Raise MintError with the first problem of the open sections (see the module docstring)."""
+    _raise_first(open_section_problems(config))
+
+
+def _renamed() -> dict:
+    """Former TrainConfig names, which TrainConfig.from_dict answers with their new name."""
+    from mint.train import config as train_config
+
+    return getattr(train_config, "RENAMED", {})
+
+
+def _pretrain_params(config: dict):
+    from mint.synth.pretrain import pretrain_config
+
+    return pretrain_config(
+        config["pretrain"]["params"], config["base_model"], "config 'pretrain.params'"
+    )
 
 
 # ------------------------------------------------------------------ values the schema cannot type
@@ -140,15 +203,9 @@ def results_config_hash(config: dict) -> str:
 
 
 def eva_overrides(config: dict) -> dict:
-    """`eva.overrides`, checked per configured task by the renderer's own check."""
-    from mint.eva.render import _check_overrides
-    from mint.eva.tasks import TASKS
+    """`eva.overrides`, checked by the renderer's own check (the same for every task)."""
+    from mint.eva.render import check_overrides
 
     overrides = config["eva"].get("overrides") or {}
-    for task in config["eva"].get("tasks") or []:
-        if task in TASKS:
-            try:
-                _check_overrides(TASKS[task], overrides)
-            except MintError as exc:
-                raise MintError(f"config 'eva.overrides': {exc}") from None
+    check_overrides(overrides, config_key="eva.overrides")
     return overrides

@@ -113,12 +113,11 @@ def test_unsafe_or_unknown_names_fail_at_parse_time(tmp_path, key, value, needle
 @pytest.mark.parametrize(
     "key,value,needle",
     [
-        ("train__defaults__stepz", 10, "config 'train.defaults': unknown key(s) stepz"),
         ("train__defaults__steps", "ten", "config 'train.defaults': steps must be an integer"),
         ("train__runs", {"mint": {"lr": -1.0}}, "config 'train.runs.mint': lr must be >= 0"),
-        ("eva__overrides__max_stepz", 5, "eva.overrides.max_stepz': unknown key"),
-        ("eva__overrides__n_runs", "two", "config 'eva.overrides.n_runs'"),
-        ("pretrain__params__stepz", 10, "config 'pretrain.params': unknown key(s) stepz"),
+        ("eva__overrides__n_runs", "two", "config 'eva.overrides.n_runs': 'two' is not an"),
+        ("eva__overrides__lr", "fast", "config 'eva.overrides.lr': 'fast' is not a number"),
+        ("pretrain__params__w_visium", 1.0, "config 'pretrain.params': w_visium are fixed"),
     ],
 )
 def test_training_and_eva_settings_are_checked_at_parse_time(tmp_path, key, value, needle):
@@ -127,6 +126,30 @@ def test_training_and_eva_settings_are_checked_at_parse_time(tmp_path, key, valu
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
     assert needle in out, out[-2000:]
+
+
+@pytest.mark.parametrize(
+    "key,value,path",
+    [
+        ("trian", {}, "trian"),
+        ("tile__min_tisue_fraction", 0.2, "tile.min_tisue_fraction"),
+        ("cluster__max_mem", 1000, "cluster.max_mem"),
+        ("train__defaults__stepz", 10, "train.defaults.stepz"),
+        ("train__runs", {"mint": {"lrr": 0.1}}, "train.runs.mint.lrr"),
+        ("train__runs", {"mint": {}, "b": {"w_dinno": 0}}, "train.runs.b.w_dinno"),
+        ("pretrain__params__stepz", 10, "pretrain.params.stepz"),
+        ("eva__overrides__max_stepz", 5, "eva.overrides.max_stepz"),
+    ],
+)
+def test_a_typo_anywhere_is_one_line_naming_the_key(tmp_path, key, value, path):
+    """Issue 15: a misspelt key at any depth (a section, a train run, eva's overrides) stops
+    the dry run with exactly one line, which names the key by its full dotted path."""
+    cfg = _config(tmp_path, **{key: value})
+    proc = run_snakemake(["-n", "--configfile", str(cfg)], tmp_path, check=False)
+    assert proc.returncode != 0
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"config '{path}': unknown key (known here: "), lines[0]
 
 
 def test_config_on_the_command_line_is_coerced_or_refused_naming_the_key(tmp_path):

@@ -54,6 +54,8 @@ class EmbedConfig:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from mint.settings import add_options
+
     parser.add_argument(
         "--model",
         required=True,
@@ -62,18 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bench-dir", required=True, help="folder holding the task folders")
     parser.add_argument("--task", required=True, help="task name, e.g. IDC or SYNTH_VISIUM")
     parser.add_argument("--out-dir", required=True, help="cache folder for this model and task")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--num-workers", type=int, default=4, help="DataLoader worker processes")
-    parser.add_argument("--device", default="auto", help="auto (cuda if available), cuda, cpu")
-    parser.add_argument(
-        "--precision",
-        choices=["auto", "bf16", "fp16", "fp32"],
-        default="auto",
-        help="autocast dtype on CUDA; auto = as HEST's bench embeds the backbone (UNI, Virchow2, "
-        "H-optimus-0: fp16; GigaPath and models outside HEST's zoo: fp32; a MINT model: its "
-        "base backbone's); CPU always runs fp32",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="ignore cached samples")
+    # --batch-size, --num-workers, --device, --precision, --overwrite: EmbedConfig (mint.settings)
+    add_options(parser, "embed")
 
 
 def resolve_device(device: str) -> str:
@@ -457,13 +449,9 @@ def run(args: argparse.Namespace) -> int:
         raise MintError(f"--batch-size {args.batch_size}: must be >= 1")
     if args.num_workers < 0:
         raise MintError(f"--num-workers {args.num_workers}: must be >= 0")
-    cfg = EmbedConfig(
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        device=args.device,
-        precision=args.precision,
-        overwrite=args.overwrite,
-    )
+    from mint.settings import from_args
+
+    cfg = from_args("embed", args)
     data = load_task(args.bench_dir, args.task)
     device = resolve_device(cfg.device)
     log.info(

@@ -516,7 +516,21 @@ def write_shards(
     return index
 
 
+@dataclass(frozen=True)
+class ShardSettings:
+    """`mint shards` options and their defaults; config `shards:` maps onto them (mint.settings)."""
+
+    samples_per_shard: int = 2000
+    val_fraction: float = 0.02
+    seed: int = 0
+    jpeg_quality: int = 95
+    min_vocab_coverage: float = 0.0
+    exclude_low_coverage: bool = False
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from mint.settings import add_options
+
     p.add_argument(
         "--verify",
         type=Path,
@@ -527,15 +541,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tiles", nargs="+", type=Path, help="training tile files")
     p.add_argument("--vocab-dir", type=Path, help="folder with visium.txt, xenium.txt")
     p.add_argument("--out-dir", type=Path)
-    p.add_argument("--samples-per-shard", type=int, default=2000)
-    p.add_argument(
-        "--val-fraction",
-        type=float,
-        default=0.02,
-        help="fraction of the samples of each modality held out whole for validation",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--jpeg-quality", type=int, default=95)
+    # --samples-per-shard, --val-fraction, --seed, --jpeg-quality, --min-vocab-coverage,
+    # --exclude-low-coverage: ShardSettings (mint.settings)
+    add_options(p, "shards")
     p.add_argument("--workers", type=int, default=1, help="shard-writing processes")
     p.add_argument(
         "--bench-dir",
@@ -544,17 +552,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="with --bench-tasks: refuse tiles of HEST-Bench samples (leakage guard)",
     )
     p.add_argument("--bench-tasks", nargs="*", default=[])
-    p.add_argument(
-        "--min-vocab-coverage",
-        type=float,
-        default=0.0,
-        help="fraction of its modality's vocabulary a sample must measure (0: at least one gene)",
-    )
-    p.add_argument(
-        "--exclude-low-coverage",
-        action="store_true",
-        help="leave samples below --min-vocab-coverage out (listed in qc.tsv) instead of stopping",
-    )
 
 
 def run(args: argparse.Namespace) -> int:

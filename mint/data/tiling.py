@@ -229,22 +229,20 @@ def tile_sample(info: SampleInfo, paths: SamplePaths, out: Path, cfg: TileConfig
 # CLI
 # --------------------------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from mint.settings import add_options
+
     p.add_argument("--sample", required=True, help="HEST sample id")
     p.add_argument("--hest-dir", required=True, type=Path, help="HEST-1k folder (wsis/, st/, ...)")
     p.add_argument("--metadata", required=True, type=Path, help="HEST metadata CSV")
     p.add_argument("--out", required=True, type=Path, help="output tile file (.h5)")
-    p.add_argument("--patch-size", type=int, default=224, help="patch side in pixels")
-    p.add_argument("--pixel-size", type=float, default=0.5, help="patch resolution, um/px")
-    p.add_argument("--min-tissue", type=float, default=0.15, help="minimum tissue fraction")
-    p.add_argument("--xenium-target", choices=["cells", "transcripts"], default="cells")
-    p.add_argument("--min-qv", type=float, default=20.0, help="drop transcripts with qv below")
-    p.add_argument("--keep-controls", action="store_true", help="keep Xenium control codewords")
-    p.add_argument("--threads", type=int, default=1, help="patch reader threads")
+    # --patch-size, --pixel-size, ...: TileConfig's fields and defaults (mint.settings)
+    add_options(p, "tile")
 
 
 def run(args: argparse.Namespace) -> int:
     from mint.hest.metadata import level_of, modality_of, read_metadata, sample_row
     from mint.logging_utils import progress_enabled
+    from mint.settings import from_args
 
     df = read_metadata(args.metadata)
     row = sample_row(df, args.sample)
@@ -260,16 +258,7 @@ def run(args: argparse.Namespace) -> int:
         organ=_clean(row.get("organ")),
         oncotree_code=_clean(row.get("oncotree_code")),
     )
-    cfg = TileConfig(
-        patch_size=args.patch_size,
-        pixel_size_um=args.pixel_size,
-        min_tissue=args.min_tissue,
-        xenium_target=args.xenium_target,
-        min_qv=args.min_qv,
-        keep_controls=args.keep_controls,
-        threads=args.threads,
-        progress=progress_enabled(),
-    )
+    cfg = from_args("tile", args, progress=progress_enabled())
     if cfg.patch_size < 1 or cfg.pixel_size_um <= 0:
         raise MintError(f"{args.sample}: --patch-size and --pixel-size must be positive")
     tile_sample(info, SamplePaths.from_hest_dir(args.hest_dir, args.sample), args.out, cfg)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -182,17 +183,21 @@ def build_vocab(
     return visium, xenium, summary
 
 
+@dataclass(frozen=True)
+class VocabSettings:
+    """`mint vocab` options and their defaults; config `vocab:` maps onto them (mint.settings)."""
+
+    n_top_genes: int = 2000
+    min_sample_fraction: float = 0.5
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from mint.settings import add_options
+
     p.add_argument("--tiles", nargs="+", required=True, type=Path, help="training tile files")
     p.add_argument("--bench-dir", required=True, type=Path, help="HEST-Bench folder")
     p.add_argument("--bench-tasks", nargs="*", default=[], help="bench task names")
-    p.add_argument("--n-top-genes", type=int, default=2000)
-    p.add_argument(
-        "--min-sample-fraction",
-        type=float,
-        default=0.5,
-        help="HVG candidates must be measured by this fraction of spot-level samples",
-    )
+    add_options(p, "vocab")  # --n-top-genes, --min-sample-fraction
     p.add_argument("--out-dir", required=True, type=Path, help="writes visium.txt and xenium.txt")
 
 

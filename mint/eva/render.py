@@ -261,12 +261,26 @@ def substitute(node: Any, values: dict[str, Any], where: str) -> Any:
     return node
 
 
-def _check_overrides(task: TaskSpec, overrides: dict[str, Any]) -> dict[str, Any]:
+def check_overrides(
+    overrides: dict[str, Any], task: str = "", config_key: str = ""
+) -> dict[str, Any]:
+    """The protocol overrides, typed and checked: what `mint eva` applies to a task's protocol,
+    and (through mint.config, with `config_key`) what the workflow checks at parse time, so a
+    value refused by the job is refused before any job runs. Messages name the task in a job,
+    the config key (`config 'eva.overrides.lr'`) at parse time."""
+
+    def bad(key: str, text: str) -> MintError:
+        name = f"config '{config_key}.{key}'" if config_key else f"eva task {task}: override {key}"
+        return MintError(f"{name}: {text}")
+
     unknown = sorted(set(overrides) - set(OVERRIDE_KEYS))
     if unknown:
+        if config_key:
+            from mint.config import unknown_key
+
+            raise MintError(unknown_key(config_key, unknown[0], OVERRIDE_KEYS))
         raise MintError(
-            f"eva task {task.name}: unknown override {unknown[0]!r} "
-            f"(known: {', '.join(OVERRIDE_KEYS)})"
+            f"eva task {task}: unknown override {unknown[0]!r} (known: {', '.join(OVERRIDE_KEYS)})"
         )
     checked = {}
     for key, val in overrides.items():
@@ -275,18 +289,19 @@ def _check_overrides(task: TaskSpec, overrides: dict[str, Any]) -> dict[str, Any
         if key == "precision":
             checked[key] = str(val)
         elif key == "lr":
-            checked[key] = float(val)
-            if checked[key] <= 0:
-                raise MintError(f"eva task {task.name}: override lr must be > 0")
+            try:
+                checked[key] = float(val)
+            except (TypeError, ValueError):
+                raise bad(key, f"{val!r} is not a number") from None
+            if isinstance(val, bool) or checked[key] <= 0:
+                raise bad(key, "must be > 0")
         else:
             try:
                 checked[key] = int(val)
             except (TypeError, ValueError):
-                raise MintError(
-                    f"eva task {task.name}: override {key}={val!r} is not an integer"
-                ) from None
-            if checked[key] < 1:
-                raise MintError(f"eva task {task.name}: override {key} must be >= 1")
+                raise bad(key, f"{val!r} is not an integer") from None
+            if isinstance(val, bool) or checked[key] < 1:
+                raise bad(key, "must be >= 1")
     return checked
 
 
@@ -315,7 +330,7 @@ def render_config(opts: RenderOptions, info: ModelInfo | None = None) -> dict:
         return _info[0]
 
     protocol = task.protocol()
-    protocol.update(_check_overrides(task, opts.overrides))
+    protocol.update(check_overrides(opts.overrides, task=task.name))
     data_dir = task_data_dir(task, opts.data_root, opts.data_dir)
     segmentation = task.kind == "segmentation"
 

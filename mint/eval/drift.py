@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -220,15 +221,24 @@ def drift(
     return result
 
 
+@dataclass(frozen=True)
+class DriftSettings:
+    """`mint drift` options and their defaults; config `drift:` maps onto them (mint.settings)."""
+
+    max_patches: int = 5000
+    batch_size: int = 32
+    seed: int = 0
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from mint.settings import add_options
+
     p.add_argument("--base-embeddings", nargs="+", required=True, type=Path)
     p.add_argument("--run-embeddings", nargs="+", required=True, type=Path)
     p.add_argument("--base-model", required=True, help="backbone spec of the base model")
     p.add_argument("--run-model", required=True, help="the run's model folder")
     p.add_argument("--morphology", type=Path, default=None, help="synthetic morphology task root")
-    p.add_argument("--max-patches", type=int, default=5000)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
+    add_options(p, "drift")  # --max-patches, --batch-size, --seed
     p.add_argument("--out", required=True, type=Path)
 
 

@@ -247,6 +247,8 @@ def write_tsv(path, df: pd.DataFrame) -> None:
 
 # --------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from mint.settings import add_options
+
     parser.add_argument("--metadata", required=True, help="HEST metadata CSV")
     parser.add_argument("--out", required=True, help="samples TSV to write (results/samples.tsv)")
     parser.add_argument(
@@ -258,49 +260,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="data source: decides which bench tasks (real or synthetic) are excluded",
     )
-    parser.add_argument(
-        "--species", nargs="*", default=["Homo sapiens"], help="species to keep (none = all)"
-    )
-    parser.add_argument(
-        "--technologies",
-        nargs="*",
-        default=[],
-        help="st_technology values (Visium, ST, Xenium, 'Visium HD')",
-    )
-    parser.add_argument("--organs", nargs="*", default=[], help="organs to keep (none = all)")
-    parser.add_argument("--include", nargs="*", default=[], help="sample ids always kept")
-    parser.add_argument("--exclude", nargs="*", default=[], help="sample ids always removed")
-    parser.add_argument(
-        "--no-exclude-bench", action="store_true", help="keep HEST-Bench samples in training"
-    )
-    parser.add_argument(
-        "--exclude-leakage",
-        action="store_true",
-        help="also remove samples listed in the leakage report",
-    )
-    parser.add_argument(
-        "--exclude-visium-hd",
-        action="store_true",
-        help="leave Visium HD samples out (their released counts may be unpooled)",
-    )
-    parser.add_argument(
-        "--max-samples", type=int, default=None, help="keep at most N samples (first by id)"
-    )
+    # --species, --technologies, ..., --max-samples: SelectionConfig's fields (mint.settings)
+    add_options(parser, "select")
 
 
 def run(args: argparse.Namespace) -> int:
     df = read_metadata(args.metadata)
-    cfg = SelectionConfig(
-        species=list(args.species or []),
-        technologies=list(args.technologies or []),
-        organs=list(args.organs or []),
-        include=list(args.include or []),
-        exclude=list(args.exclude or []),
-        exclude_bench=not args.no_exclude_bench,
-        exclude_leakage=bool(args.exclude_leakage),
-        exclude_visium_hd=bool(args.exclude_visium_hd),
-        max_samples=args.max_samples,
-    )
+    from mint.settings import from_args
+
+    cfg = from_args("select", args)
     res = select_samples(df, cfg, args.source)
     write_tsv(args.out, res.samples)
     write_tsv(args.leakage_out, res.leakage)

@@ -665,7 +665,16 @@ def build_report(args: argparse.Namespace) -> tuple[str, list[Figure]]:
     return render_page("MINT report", intro, sections), figures
 
 
+@dataclass(frozen=True)
+class ReportSettings:
+    """`mint report` options and their defaults; config `report:` maps onto them (mint.settings)."""
+
+    n_example_tiles: int = 6
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from mint.settings import add_options
+
     p.add_argument("--samples", required=True, help="results/samples.tsv")
     p.add_argument("--leakage", required=True, help="results/leakage.tsv")
     p.add_argument("--bench", required=True, help="results/bench/summary.csv")
@@ -679,7 +688,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--example-wsi", required=True, help="a slide to draw with its spots")
     p.add_argument("--example-st", required=True, help="that slide's st/{id}.h5ad")
     p.add_argument("--metadata", required=True, help="HEST metadata CSV (pixel sizes)")
-    p.add_argument("--n-example-tiles", type=int, default=6)
+    add_options(p, "report")  # --n-example-tiles
     p.add_argument(
         "--bench-results",
         nargs="*",

@@ -22,7 +22,7 @@ from pathlib import Path
 from mint.errors import MintError
 from mint.hest.bench import SYNTHETIC_BENCH_TASKS
 from mint.hest.layout import METADATA_CSV
-from mint.synth.specs import SynthConfig
+from mint.settings import add_options, from_args
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also write the bench samples in HEST layout (as the real HEST-1k holds them)",
     )
-    SynthConfig.add_arguments(parser)
+    add_options(parser, "synth")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     t0 = time.perf_counter()
-    cfg = SynthConfig.from_args(args)
+    cfg = from_args("synth", args)
     out = Path(args.out)
     if args.part == "samples" and not args.samples:
         raise MintError("mint synth samples: --samples names no sample id")

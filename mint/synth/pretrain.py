@@ -21,6 +21,7 @@ import argparse
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -156,11 +157,21 @@ def pretrain(
     return record
 
 
+@dataclass(frozen=True)
+class PretrainSettings:
+    """`mint pretrain` options and their defaults; config `pretrain:` maps onto them
+    (mint.settings)."""
+
+    n_tiles: int = 512
+    seed: int = 0
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from mint.settings import add_options
+
     p.add_argument("--out", required=True, type=Path, help="checkpoint to write (.safetensors)")
     p.add_argument("--arch", default="tiny-vit", help="registered backbone to pretrain")
-    p.add_argument("--n-tiles", type=int, default=512, help="synthetic tiles to pretrain on")
-    p.add_argument("--seed", type=int, default=0, help="seed of the tiles (own stream)")
+    add_options(p, "pretrain")  # --n-tiles, --seed
     p.add_argument(
         "--params",
         default="{}",

@@ -7,7 +7,6 @@ Everything is a deterministic function of the config and the sample id: the work
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from dataclasses import dataclass
 
@@ -79,28 +78,6 @@ class SynthConfig:
         return cls(
             **{f.name: section[f.name] for f in dataclasses.fields(cls) if f.name in section}
         )
-
-    def cli_flags(self) -> dict[str, object]:
-        """{'--n-visium': 3, ...}: the `mint synth` flags that give this config."""
-        return {_flag(f.name): getattr(self, f.name) for f in dataclasses.fields(self)}
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """One flag per field with the field's type and default: the fields above are the only
-        list of the synthetic sizes."""
-        g = parser.add_argument_group(
-            "synthetic dataset size (must match between every `mint synth` call of a run)"
-        )
-        for f in dataclasses.fields(cls):
-            g.add_argument(_flag(f.name), type=type(f.default), default=f.default)
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> SynthConfig:
-        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
-
-
-def _flag(field: str) -> str:
-    return "--" + field.replace("_", "-")
 
 
 #: The demo's sizes (the schema's defaults), frozen: safe as a default argument.

@@ -58,12 +58,8 @@ rule probe:
     params:
         bench=folder_of("task"),
         cache=folder_of("embeddings"),
-        variants=opt("--variants", BENCH_CFG["variants"]),
-        pca=(
-            opt("--pca-components", BENCH_CFG["pca_components"])
-            if BENCH_CFG["pca_components"]
-            else "--no-pca"
-        ),
+        variants=stage_opts("probe", BENCH_CFG, ["variants"]),
+        pca=stage_opts("probe", BENCH_CFG, ["pca_components"]),
         seed=q(BENCH_CFG["seed"]),
     shell:
         "mint probe --embeddings {params.cache} --bench-dir {params.bench} "

@@ -4,19 +4,18 @@
 # globs large folders: on SLURM every job re-parses the Snakefile.
 #
 # Two rules for shell lines, so that no config value can run a command or break one:
-#   - every value that comes from the config or the metadata goes through `q()` / `opt()`
-#     (shlex.quote) or, for paths, `{input:q}` / `{output:q}`;
+#   - a stage's settings become flags through `stage_opts(stage, config[section])` (the table
+#     in mint/settings.py); any other value from the config or the metadata goes through
+#     `q()` / `opt()` (shlex.quote) or, for paths, `{input:q}` / `{output:q}`;
 #   - every id that becomes a path (sample, run, task, model key) is checked by
 #     `mint.safe.check_name` here, at parse time, naming the value and where it came from.
 import json
 import os
 import re
-import shlex
 import sys
 from pathlib import Path
 
 from mint.config import (
-    check_backbone,
     eva_overrides,
     results_config_hash,
     train_run_params,
@@ -27,8 +26,8 @@ from mint.hest.bench import bench_tasks
 from mint.hest.metadata import level_of, read_metadata
 from mint.hest.select import SelectionConfig, select_samples
 from mint.safe import check_name
+from mint.settings import opt, opts, q, stage_opts
 from mint.synth.hest import synthetic_metadata
-from mint.synth.pretrain import pretrain_config
 from mint.synth.specs import SynthConfig
 from mint.train.preempt import preemption_count
 from snakemake.settings.types import DeploymentMethod
@@ -37,24 +36,6 @@ WORKFLOW_DIR = Path(workflow.basedir)
 ENV = "../../envs/mint.yaml"
 HEST = "resources/hest"
 BENCH = "resources/hest-bench"
-
-
-def q(value):
-    """One shell word for any value (shlex.quote): `$(...)`, quotes and spaces stay literal."""
-    return shlex.quote(str(value))
-
-
-def opt(flag, value):
-    """`--flag 'value'` (a list gives several quoted words); empty for None."""
-    if value is None:
-        return ""
-    if isinstance(value, (list, tuple)):
-        return f"{flag} " + " ".join(q(v) for v in value)
-    return f"{flag} {q(value)}"
-
-
-def opts(*parts):
-    return " ".join(p for p in parts if p)
 
 
 # Shell lines call `mint` (and `python` for torchrun). This Python's bin folder is put first on
@@ -89,7 +70,7 @@ def pinned(path):
 SOURCE = config["hest"]["source"]
 SYNTH = config["synthetic"]
 SYNTH_CONFIG = SynthConfig.from_config(SYNTH)
-SYNTH_ARGS = opts(*(opt(flag, v) for flag, v in SYNTH_CONFIG.cli_flags().items()))
+SYNTH_ARGS = stage_opts("synth", SYNTH)
 
 if SOURCE == "synthetic":
     METADATA_CSV = f"{HEST}/{layout.METADATA_CSV}"
@@ -121,25 +102,7 @@ if not SAMPLES:
 
 def selection_args():
     """The `mint select` flags that reproduce SELECTION_CONFIG (same function, same result)."""
-    args = [
-        opt(flag, SEL[key]) if SEL[key] else ""
-        for flag, key in [
-            ("--species", "species"),
-            ("--technologies", "technologies"),
-            ("--organs", "organs"),
-            ("--include", "include"),
-            ("--exclude", "exclude"),
-        ]
-    ]
-    if not SEL["exclude_bench"]:
-        args.append("--no-exclude-bench")
-    if SEL["exclude_leakage"]:
-        args.append("--exclude-leakage")
-    if SEL["exclude_visium_hd"]:
-        args.append("--exclude-visium-hd")
-    if SEL["max_samples"]:
-        args.append(opt("--max-samples", SEL["max_samples"]))
-    return opts(*args)
+    return stage_opts("select", SEL)
 
 
 # ---------------------------------------------------------------- benchmark tasks
@@ -155,9 +118,7 @@ for _task in BENCH_TASKS:
     check_name(_task, "HEST-Bench task", "config 'bench_data.tasks'")
 
 # ---------------------------------------------------------------- models
-check_backbone(config["base_model"], "base_model")
-for _spec in config["extra_models"]:
-    check_backbone(_spec, "extra_models")
+# base_model and extra_models are checked in the Snakefile (mint.config.check_open_sections).
 
 
 def model_key(spec):
@@ -174,10 +135,7 @@ PRETRAIN_CKPT = (
     else None
 )
 if PRETRAIN_CKPT:
-    # checked now by the job's own parser, like train.defaults / train.runs
-    pretrain_config(
-        PRETRAIN["params"], config["base_model"], "config 'pretrain.params'"
-    )
+    # pretrain.params: checked by the job's own parser in the Snakefile (check_open_sections)
     BASE_SPEC = f"{config['base_model']}@{PRETRAIN_CKPT}"
     BASE_KEY = model_key(config["base_model"]) + "-pretrained"
 else:
@@ -346,13 +304,13 @@ DOWNLOAD_CMD = (
 def download_source_args():
     h = config["hest"]
     if SOURCE == "hub":
-        return opts(opt("--repo-id", h["repo_id"]), opt("--retries", h["retries"]))
+        return stage_opts("download", h, ["repo_id", "retries"])
     if SOURCE == "local":
         if not h["local_dir"]:
             raise MintError(
                 "config 'hest.local_dir' is required when hest.source is 'local'"
             )
-        return opt("--local-dir", h["local_dir"]) + (" --copy" if h["copy"] else "")
+        return stage_opts("download", h, ["local_dir", "copy"])
     return SYNTH_ARGS
 
 
@@ -360,14 +318,15 @@ def bench_source_args():
     b = config["bench_data"]
     if BENCH_SOURCE == "hub":
         return opts(
-            opt("--repo-id", b["repo_id"]), opt("--retries", config["hest"]["retries"])
+            stage_opts("download-bench", b, ["repo_id"]),
+            stage_opts("download", config["hest"], ["retries"]),
         )
     if BENCH_SOURCE == "local":
         if not b["local_dir"]:
             raise MintError(
                 "config 'bench_data.local_dir' is required when bench_data.source is 'local'"
             )
-        return opt("--local-dir", b["local_dir"])
+        return stage_opts("download-bench", b, ["local_dir"])
     return SYNTH_ARGS
 
 
@@ -425,10 +384,14 @@ def eva_common_args(wildcards, accelerator=None):
         opt("--model", MODEL_SPECS[wildcards.model]),
         opt("--model-name", wildcards.model),
         opt("--data-root", EVA_ROOT),
-        "--download" if EVA["download"] else "--no-download",
-        opt("--embedding", EVA["embedding"]),
-        opt("--accelerator", accelerator or EVA["accelerator"]),
-        opt("--overrides", json.dumps(EVA_OVERRIDES, sort_keys=True)),
+        stage_opts(
+            "eva",
+            {
+                **EVA,
+                "accelerator": accelerator or EVA["accelerator"],
+                "overrides": EVA_OVERRIDES,
+            },
+        ),
     )
 
 

@@ -37,7 +37,7 @@ rule drift_run:
         morphology=lambda wc, input: (
             opt("--morphology", input.morphology[0]) if input.morphology else ""
         ),
-        opts=opt("--max-patches", DRIFT["max_patches"]),
+        opts=stage_opts("drift", DRIFT),
     shell:
         "mint drift --base-embeddings {params.base_dirs} --run-embeddings {params.run_dirs} "
         "--base-model {params.base} --run-model {params.model} {params.morphology} "

@@ -22,9 +22,7 @@ if PRETRAIN_CKPT:
         params:
             # quoted: config values never become shell syntax
             arch=q(config["base_model"]),
-            opts=opts(
-                opt("--n-tiles", PRETRAIN["n_tiles"]), opt("--seed", PRETRAIN["seed"])
-            ),
+            opts=stage_opts("pretrain", PRETRAIN),
             hp=q(json.dumps(PRETRAIN["params"], sort_keys=True)),
         shell:
             "mint pretrain --arch {params.arch} --out {output:q} {params.opts} "

@@ -48,14 +48,7 @@ rule shards:
         runtime=runtime_min(720),
     params:
         bench=folder_of("bench"),
-        opts=opts(
-            opt("--samples-per-shard", SHARDS["samples_per_shard"]),
-            opt("--val-fraction", SHARDS["val_fraction"]),
-            opt("--seed", SHARDS["seed"]),
-            opt("--jpeg-quality", SHARDS["jpeg_quality"]),
-            opt("--min-vocab-coverage", SHARDS["min_vocab_coverage"]),
-            "--exclude-low-coverage" if SHARDS["exclude_low_coverage"] else "",
-        ),
+        opts=stage_opts("shards", SHARDS),
         # Leakage guard: shards refuse any tile of a bench sample.
         tasks=" ".join(BENCH_TASKS),
     shell:

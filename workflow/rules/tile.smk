@@ -23,14 +23,7 @@ rule tile_sample:
         runtime=runtime_min(120),
     params:
         hest=folder_of("wsi", up=2),
-        opts=opts(
-            opt("--patch-size", TILE["patch_size_px"]),
-            opt("--pixel-size", TILE["pixel_size_um"]),
-            opt("--min-tissue", TILE["min_tissue_fraction"]),
-            opt("--xenium-target", TILE["xenium_target"]),
-            opt("--min-qv", TILE["min_qv"]),
-            "" if TILE["drop_controls"] else "--keep-controls",
-        ),
+        opts=stage_opts("tile", TILE),
     shell:
         "mint tile --sample {wildcards.sample} --hest-dir {params.hest} "
         "--metadata {input.metadata:q} --out {output:q} {params.opts} --threads {threads} "
