@@ -137,7 +137,7 @@ def test_report_shows_shard_qc_with_exclusions_flags_and_val_slides(tmp_path):
     """The QC table of the shards stage reaches the report: an excluded sample with its reason,
     a Visium HD flag and the held-out validation slides."""
     from mint.data.shards import QC_FILE, qc_table
-    from mint.report.html import shards_qc_section
+    from mint.report.sections import shards_qc_section
 
     rows = [
         {"sample": "A1", "technology": "Visium", "modality": "visium", "n_tiles": 10,
