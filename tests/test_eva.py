@@ -173,6 +173,24 @@ def test_cli_render_offline_fit_needs_no_model(tmp_path):
     assert cfg["trainer"]["init_args"]["max_steps"] == 10
 
 
+def test_eva_results_key_is_the_workflows_model_key(tmp_path):
+    """Without --model-name, `mint eva` names results as the workflow does (one function)."""
+    from argparse import Namespace
+
+    from mint.eva.cli import _model_name
+    from mint.safe import model_key
+
+    spec = "timm:vit_small_patch16_224@/ckpt/w.safetensors"
+    assert model_key(spec) == "timm_vit_small_patch16_224_ckpt_w.safetensors"
+    assert _model_name(Namespace(model_name=None, model=spec)) == model_key(spec)
+    assert _model_name(Namespace(model_name="base", model=spec)) == "base"
+    run_dir = tmp_path / "results" / "models" / "run1"
+    run_dir.mkdir(parents=True)
+    assert _model_name(Namespace(model_name=None, model=str(run_dir))) == "run1"
+    smk = (Path(__file__).parents[1] / "workflow" / "rules" / "common.smk").read_text()
+    assert "def model_key" not in smk and "from mint.safe import check_name, model_key" in smk
+
+
 def test_model_info_without_weights():
     info = R.model_info("uni2-h")
     assert (info.embed_dim, info.img_size, info.has_st) == (1536, 224, False)

@@ -25,7 +25,7 @@ from mint.errors import MintError
 from mint.hest.bench import bench_tasks
 from mint.hest.metadata import level_of, read_metadata
 from mint.hest.select import SelectionConfig, select_samples
-from mint.safe import check_name
+from mint.safe import check_name, model_key
 from mint.synth.hest import synthetic_metadata
 from mint.synth.pretrain import pretrain_config
 from mint.train.preempt import preemption_count
@@ -169,11 +169,6 @@ for _task in BENCH_TASKS:
 check_backbone(config["base_model"], "base_model")
 for _spec in config["extra_models"]:
     check_backbone(_spec, "extra_models")
-
-
-def model_key(spec):
-    """A file-system-safe key for a backbone spec such as `timm:vit_base@/ckpt/w.safetensors`."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", spec).strip("_.-")
 
 
 # The demo pretrains its own base model (stage `pretrain`): the checkpoint then loads through
