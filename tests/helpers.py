@@ -115,3 +115,24 @@ def write_hest(
     metadata = root / "HEST_metadata.csv"
     pd.DataFrame(rows).to_csv(metadata, index=False)
     return HestFolder(root, metadata, tuple(sample_ids))
+
+
+def render_eva_config(tmp_path: Path, task: str, stage: str, **options) -> dict:
+    """The eva config `mint eva render` writes for `task` and `stage`, for a tiny ViT
+    (64-dim, no ST token) with data, runs and embeddings under tmp_path."""
+    from mint.eva import render
+
+    info = render.ModelInfo(
+        embed_dim=64, has_st=False, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), img_size=224
+    )
+    opts = render.RenderOptions(
+        task=task,
+        model="tiny-vit",
+        model_name="tiny-vit",
+        stage=stage,
+        output_root=str(tmp_path / "runs" / task),
+        embeddings_root=str(tmp_path / "emb" / task),
+        data_root=str(tmp_path / "data"),
+        **options,
+    )
+    return render.render_config(opts, info)

@@ -13,14 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import render_eva_config as _render
 
 from mint.errors import MintError
 from mint.eva import render as R
 from mint.eva.tasks import AVERAGE_EXCLUDED, LEADERBOARD_TASKS, TASKS, early_stopping_patience
-
-INFO = R.ModelInfo(
-    embed_dim=64, has_st=False, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), img_size=224
-)
 
 # Runs eva's real CLI (`eva fit|predict --config C --print_config`) on many configs in one
 # process: eva's imports take seconds, so one interpreter for all of them.
@@ -53,20 +50,6 @@ def _fake_synthetic_root(root: Path, n_classes: int = 5, per_split: int = 10) ->
     }
     (d / "classes.json").write_text(json.dumps(manifest))
     return d
-
-
-def _render(tmp_path: Path, task: str, stage: str, **kw) -> dict:
-    opts = R.RenderOptions(
-        task=task,
-        model="tiny-vit",
-        model_name="tiny-vit",
-        stage=stage,
-        output_root=str(tmp_path / "runs" / task),
-        embeddings_root=str(tmp_path / "emb" / task),
-        data_root=str(tmp_path / "data"),
-        **kw,
-    )
-    return R.render_config(opts, INFO)
 
 
 def _writers(cfg: dict) -> list[dict]:
