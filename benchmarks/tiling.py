@@ -1,6 +1,6 @@
 """Spot/grid patch extraction: `mint tile`'s reader against hestcore's patcher, side by side.
 
-    .venv/bin/python benchmarks/tiling.py [--quick] [--threads 1] [--repeats 3] [--out-dir DIR]
+    .venv/bin/python benchmarks/tiling.py [--quick] [--threads 1,2] [--repeats 3] [--rss] [--out-dir DIR]
 
 hestcore (``pip install --no-deps hestcore`` plus geopandas, which its ``wsi`` module imports) is
 a benchmark-only dependency: the comparison is skipped with a message when it is missing.
@@ -20,12 +20,20 @@ Methods, each in a fresh process per run (so peak RSS, VmHWM, is per method), sa
 * ``mint``: ``mint.data.tiling.read_patches`` (the reader ``mint tile`` streams into its h5
   file) with the exact fractional boxes ``mint tile`` computes (``--threads`` reader threads).
 
-Speed is patches per CPU-second of the process (= per core; robust to other jobs on a shared box)
-and patches per wall-second; each (slide, method) runs ``--repeats`` times in alternating order,
-the best counts. The centring error is measured outside the timed loop on 12 patches per slide
+Speed is patches per CPU-second (= per core; robust to other jobs on a shared box) and patches
+per wall-second of the extraction: opening the slide and reading every patch. Module imports (for mint
+including ``openslide`` and ``tifffile``, which the reader imports on first use) are timed
+separately and left out of the ratio (hestcore's ``wsi`` module imports geopandas, ~0.5
+CPU-s, which on these small slides would weigh as much as the extraction itself; on a real slide
+with thousands of spots it is noise). Each (slide, method) runs ``--repeats`` times in
+alternating order, the best counts. ``--threads 1,2`` runs mint once per thread count (hestcore's
+patcher has no threads); the ratio uses the first count. The centring error is measured outside the timed loop on 12 patches per slide
 spread over the slide: the sub-pixel shift (tests/alignment.py ``offset_xy``) between the patch and
 the ideal patch rendered from the texture at the box centre the method was asked for. The last
 line is ``min ratio vs hestcore: X.XX`` (mint / hestcore patches per CPU-second, smallest slide).
+
+Memory (full run, or ``--rss``): peak RSS of one run of each method on the 0.25 um/px slide at
+three extents, with the decoded size of the level mint reads (its tile cache keeps up to 128 MiB).
 """
 
 from __future__ import annotations
@@ -58,7 +66,9 @@ SLIDES = {
     "X0212": (0.2125, "grid"),
 }
 #: slide extent (um): full run, --quick
-EXTENT_UM = {"full": (3000.0, 2400.0), "quick": (1000.0, 800.0)}
+EXTENT_UM = {"full": (3000.0, 2400.0), "mid": (2000.0, 1600.0), "quick": (1000.0, 800.0)}
+#: the memory check: slide and extents (mint reads level 1: 13, 51 and 115 MB of RGBA)
+RSS_SLIDE, RSS_EXTENTS = "V025", ("quick", "mid", "full")
 
 
 def slide_path(d: Path, sid: str) -> Path:
@@ -143,11 +153,21 @@ def child(method: str, d: Path, sid: str, threads: int, extent: str) -> dict:
     with open(path, "rb") as fh:  # warm the page cache the same way for every method
         while fh.read(1 << 24):
             pass
-    c0, t0 = time.process_time(), time.perf_counter()
+    c_imp = time.process_time()
     if method == "hestcore":
         import openslide
         from hestcore.wsi import OpenSlideWSI, OpenSlideWSIPatcher
+    elif method == "mint":
+        import openslide  # noqa: F401  (imported by the reader on first use)
+        import tifffile  # noqa: F401  (idem)
 
+        from mint.data.tiling import read_patches
+        from mint.data.wsi import WSI
+    else:
+        raise SystemExit(f"unknown method {method}")
+    c0, t0 = time.process_time(), time.perf_counter()
+    import_cpu = c0 - c_imp
+    if method == "hestcore":
         wsi = OpenSlideWSI(openslide.OpenSlide(str(path)))
         patcher = OpenSlideWSIPatcher(
             wsi, PATCH, src_pixel_size=ps, dst_pixel_size=TARGET_UM, custom_coords=lay["hest_tops"]
@@ -156,18 +176,13 @@ def child(method: str, d: Path, sid: str, threads: int, extent: str) -> dict:
             if i in check:
                 kept[i] = tile.copy()
         wsi.img.close()
-    elif method == "mint":
-        from mint.data.tiling import read_patches
-        from mint.data.wsi import WSI
-
+    else:
         with WSI(path, ps, sid) as wsi:
             for start, imgs in read_patches(
                 wsi, lay["mint_boxes"], lay["mint_side"], PATCH, threads, 64, progress=False
             ):
                 for i in check.intersection(range(start, start + len(imgs))):
                     kept[i] = imgs[i - start].copy()
-    else:
-        raise SystemExit(f"unknown method {method}")
     cpu, wall = time.process_time() - c0, time.perf_counter() - t0
     rss = peak_rss_mb()
     errs = []
@@ -180,30 +195,62 @@ def child(method: str, d: Path, sid: str, threads: int, extent: str) -> dict:
         "n": n,
         "wall_s": wall,
         "cpu_s": cpu,
+        "import_cpu_s": import_cpu,
         "peak_rss_mb": rss,
         "centre_err_max": max(errs),
         "centre_err_mean": float(np.mean(errs)),
     }
 
 
-def _run_child(args, method: str, sid: str) -> dict:
-    cmd = [sys.executable, __file__, "--out-dir", str(args.out_dir), "--child", method, sid,
-           str(args.threads), "quick" if args.quick else "full"]  # fmt: skip
+def _run_child(base: Path, method: str, sid: str, threads: int, extent: str) -> dict:
+    cmd = [sys.executable, __file__, "--out-dir", str(base / extent), "--child", method, sid,
+           str(threads), extent]  # fmt: skip
     env = {**os.environ, "MINT_NO_PROGRESS": "1"}
-    if args.threads == 1:  # one core: no hidden BLAS/OpenCV helper threads in either method
+    if threads == 1:  # one core: no hidden BLAS/OpenCV helper threads in either method
         env.update(OMP_NUM_THREADS="1", OPENCV_FOR_THREADS_NUM="1")
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _rss_check(base: Path, threads: int) -> None:
+    """Peak RSS of one run per method on RSS_SLIDE at each of RSS_EXTENTS (memory vs slide size).
+
+    "read MB": the decoded RGBA size of the pyramid level mint reads the patches from; mint keeps
+    decoded tiles up to its 128 MiB cache, so its peak grows with this until the cap, then stays.
+    """
+    from mint.data.wsi import WSI
+
+    ps = SLIDES[RSS_SLIDE][0]
+    print(
+        f"peak RSS vs slide size ({RSS_SLIDE}, {ps} um/px, one run each; mint's tile cache: 128 MiB)"
+    )
+    print(f"{'extent um':>11} {'level-0 px':>12} {'read MB':>8} {'hestcore MB':>12} {'mint MB':>8}")
+    for ext in RSS_EXTENTS:
+        w_um, h_um = EXTENT_UM[ext]
+        make_slide(base / ext, RSS_SLIDE, ps, w_um, h_um)
+        with WSI(slide_path(base / ext, RSS_SLIDE), ps, RSS_SLIDE) as wsi:
+            lw, lh = wsi.level_dimensions[wsi.best_level(PATCH * TARGET_UM / ps / PATCH)]
+            w, h = wsi.dimensions
+        r = {m: _run_child(base, m, RSS_SLIDE, threads, ext) for m in ("hestcore", "mint")}
+        print(
+            f"{w_um:5g}x{h_um:<5g} {w:>5d}x{h:<6d} {lw * lh * 4 / 1e6:8.0f} "
+            f"{r['hestcore']['peak_rss_mb']:12.1f} {r['mint']['peak_rss_mb']:8.1f}"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small slides (about 1 minute)")
-    ap.add_argument("--threads", type=int, default=1, help="mint reader threads")
+    ap.add_argument(
+        "--threads", default="1", help="mint reader threads, comma list (1,2): one row each"
+    )
     ap.add_argument(
         "--repeats", type=int, default=None, help="runs per method, best counts (3; --quick 2)"
     )
     ap.add_argument("--slides", default=",".join(SLIDES), help="comma list of " + ",".join(SLIDES))
+    ap.add_argument(
+        "--rss", action="store_true", help="memory vs slide size check (always in a full run)"
+    )
     ap.add_argument("--out-dir", type=Path, default=Path("/tmp/mint-bench-tiling-hest"))
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -219,51 +266,71 @@ def main() -> None:
             "pip install --no-deps hestcore geopandas. Skipping the comparison."
         )
         return
+    threads = [int(t) for t in args.threads.split(",") if t.strip()]
+    if not threads or min(threads) < 1:
+        raise SystemExit(f"--threads: positive integers, got {args.threads!r}")
     extent = "quick" if args.quick else "full"
     args.repeats = args.repeats or (2 if args.quick else 3)
     w_um, h_um = EXTENT_UM[extent]
-    args.out_dir = args.out_dir / extent
     sids = [s.strip() for s in args.slides.split(",") if s.strip()]
     t_make = time.perf_counter()
     for sid in sids:
-        make_slide(args.out_dir, sid, SLIDES[sid][0], w_um, h_um)
+        make_slide(args.out_dir / extent, sid, SLIDES[sid][0], w_um, h_um)
     t_make = time.perf_counter() - t_make
-    best: dict[tuple[str, str], dict] = {}
+    methods = [("hestcore", 1)] + [("mint", t) for t in threads]
+    best: dict[tuple[str, str, int], dict] = {}
     for rep in range(args.repeats):
-        order = ("hestcore", "mint") if rep % 2 == 0 else ("mint", "hestcore")
+        order = methods if rep % 2 == 0 else methods[::-1]
         for sid in sids:
-            for method in order:
-                r = _run_child(args, method, sid)
-                old = best.setdefault((sid, method), r)
-                for k in ("wall_s", "cpu_s"):
+            for method, t in order:
+                r = _run_child(args.out_dir, method, sid, t, extent)
+                old = best.setdefault((sid, method, t), r)
+                for k in ("wall_s", "cpu_s", "import_cpu_s"):
                     old[k] = min(old[k], r[k])
                 old["peak_rss_mb"] = max(old["peak_rss_mb"], r["peak_rss_mb"])
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
         f"slides {w_um:g} x {h_um:g} um; patch {PATCH} px @ {TARGET_UM} um/px; mint threads="
-        f"{args.threads}; best of {args.repeats} alternating runs; cpus={os.cpu_count()}; "
-        f"load(1 min)={load:.1f}; slides written in {t_make:.0f} s"
+        f"{','.join(map(str, threads))}; best of {args.repeats} alternating runs; "
+        f"cpus={os.cpu_count()}; load(1 min)={load:.1f}; slides written in {t_make:.0f} s"
     )
+    print("per CPU-s, wall /s: patches per CPU-second and per wall-second of opening the slide and")
+    print("reading every patch; import CPU-s: the method's module imports, not in the ratios")
     print(
         f"{'slide':6} {'um/px':>6} {'layout':6} {'patches':>7} {'method':9} {'per CPU-s':>10} "
-        f"{'wall /s':>9} {'peak RSS MB':>11} {'centre err px (max/mean)':>25}"
+        f"{'wall /s':>9} {'import CPU-s':>12} {'peak RSS MB':>11} {'centre err px (max/mean)':>25}"
     )
     ratios = {}
     for sid in sids:
         ps, kind = SLIDES[sid]
-        for method in ("hestcore", "mint"):
-            r = best[(sid, method)]
+        for method, t in methods:
+            r = best[(sid, method, t)]
+            name = method if method == "hestcore" else f"mint t={t}"
             print(
-                f"{sid:6} {ps:6.4g} {kind:6} {r['n']:7d} {method:9} {r['n'] / r['cpu_s']:10.1f} "
-                f"{r['n'] / r['wall_s']:9.1f} {r['peak_rss_mb']:11.1f} "
+                f"{sid:6} {ps:6.4g} {kind:6} {r['n']:7d} {name:9} {r['n'] / r['cpu_s']:10.1f} "
+                f"{r['n'] / r['wall_s']:9.1f} {r['import_cpu_s']:12.2f} {r['peak_rss_mb']:11.1f} "
                 f"{r['centre_err_max']:15.3f} / {r['centre_err_mean']:.3f}"
             )
-        h, m = best[(sid, "hestcore")], best[(sid, "mint")]
-        ratios[sid] = h["cpu_s"] / m["cpu_s"]
-        print(
-            f"{sid:6} mint / hestcore: {ratios[sid]:.2f}x per CPU-s, "
-            f"{h['wall_s'] / m['wall_s']:.2f}x wall"
-        )
+        h = best[(sid, "hestcore", 1)]
+        for t in threads:
+            m = best[(sid, "mint", t)]
+            if t == threads[0]:
+                ratios[sid] = h["cpu_s"] / m["cpu_s"]
+            with_imports = (h["cpu_s"] + h["import_cpu_s"]) / (m["cpu_s"] + m["import_cpu_s"])
+            print(
+                f"{sid:6} mint t={t} / hestcore: {h['cpu_s'] / m['cpu_s']:.2f}x per CPU-s, "
+                f"{h['wall_s'] / m['wall_s']:.2f}x wall ({with_imports:.2f}x per CPU-s with imports)"
+            )
+    if len(threads) > 1:
+        print(f"threads: mint wall-clock patches/s relative to {threads[0]} thread(s), per slide")
+        for sid in sids:
+            w0 = best[(sid, "mint", threads[0])]["wall_s"]
+            gains = ", ".join(
+                f"t={t}: {w0 / best[(sid, 'mint', t)]['wall_s']:.2f}x" for t in threads
+            )
+            print(f"{sid:6} {gains}")
+    if args.rss or not args.quick:
+        _rss_check(args.out_dir, threads[0])
     print(f"min ratio vs hestcore: {min(ratios.values()):.2f}")
 
 

@@ -31,9 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mint.models.backbones import build_backbone  # noqa: E402
 from mint.models.st_vit import STTokenViT  # noqa: E402
+from mint.precision import autocast, autocast_dtype  # noqa: E402
 from mint.train.augment import local_crop_size_for  # noqa: E402
 from mint.train.config import TrainConfig  # noqa: E402
-from mint.train.trainer import MintTrainer, autocast_dtype  # noqa: E402
+from mint.train.trainer import MintTrainer  # noqa: E402
 
 DEMO_PARAMS = {
     "n_local_crops": 2,
@@ -82,19 +83,14 @@ class PlainStep:
             params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda"
         )
         self.params = params
-        self.amp = autocast_dtype(cfg.precision, device)
+        self.amp = autocast_dtype(cfg.precision, device, cpu_autocast=True)
         self.grad_clip = cfg.grad_clip
         self.mean = torch.tensor([0.5, 0.5, 0.5], device=device).view(3, 1, 1)
 
     def step(self, batch: dict) -> None:
         x = batch["global"][:, 0].to(self.device, non_blocking=True).float().div_(255) - self.mean
         y = batch["targets"]["visium"].to(self.device, non_blocking=True)
-        ctx = (
-            torch.autocast(self.device.type, dtype=self.amp)
-            if self.amp is not None
-            else torch.autocast(self.device.type, enabled=False)
-        )
-        with ctx:
+        with autocast(self.amp, self.device):
             loss = ((self.head(self.backbone(x)["cls"]).float() - y) ** 2).mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -214,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     local = cfg.local_crop_size or local_crop_size_for(patch)
     batch = make_batch(args.batch_size, cfg.n_local_crops, cfg.global_crop_size, local, args.vocab)
     n_params = sum(q.numel() for q in vit.parameters()) / 1e6
-    amp = autocast_dtype(cfg.precision, device)
+    amp = autocast_dtype(cfg.precision, device, cpu_autocast=True)
     header = (
         f"backbone {args.backbone}{' (tiny)' if args.tiny else ''} {n_params:.1f} M params | "
         f"device {torch.cuda.get_device_name(0) if cuda else 'cpu'} | precision "

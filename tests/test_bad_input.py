@@ -22,7 +22,7 @@ from test_download import FakeHub
 from test_vocab_shards import write_tile
 
 from mint.cli import main
-from mint.data.shards import verify_shards
+from mint.data.shard_verify import verify_shards
 from mint.errors import MintError
 from mint.hest import download
 from mint.io import atomic_dir, atomic_path

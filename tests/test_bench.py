@@ -506,7 +506,8 @@ def test_precision_per_backbone_as_hests_bench(tmp_path):
     backbone's; models outside HEST's zoo run fp32; --precision forces one; CPU is fp32."""
     import torch
 
-    from mint.bench.embed import _autocast_dtype, resolve_precision
+    from mint.bench.embed import resolve_precision
+    from mint.precision import autocast_dtype
 
     expected = {"uni": "fp16", "virchow2": "fp16", "h-optimus-0": "fp16", "gigapath": "fp32",
                 "uni2-h": "fp32", "h-optimus-1": "fp32", "tiny-vit": "fp32",
@@ -519,8 +520,9 @@ def test_precision_per_backbone_as_hests_bench(tmp_path):
     (model_dir / "config.json").write_text(json.dumps({"backbone": "uni"}))
     assert resolve_precision("auto", str(model_dir), "cuda:0")[0] == "fp16"
     assert resolve_precision("bf16", "gigapath", "cuda") == ("bf16", "forced by --precision")
-    assert _autocast_dtype("cuda", "fp16") == torch.float16
-    assert _autocast_dtype("cuda", "fp32") is None and _autocast_dtype("cpu", "fp16") is None
+    assert autocast_dtype("fp16", "cuda", cpu_autocast=False) == torch.float16
+    assert autocast_dtype("fp32", "cuda", cpu_autocast=False) is None
+    assert autocast_dtype("fp16", "cpu", cpu_autocast=False) is None
 
 
 def test_leaderboard_loads():

@@ -17,7 +17,7 @@ import shapely
 from alignment import PATCH, TARGET_UM, offset_px, render_um, truth_patch
 
 from mint.cli import main
-from mint.data import tiling
+from mint.data import spots, xenium
 from mint.data.tiling import SampleInfo, SamplePaths, TileConfig, tile_sample
 from mint.errors import MintError
 from mint.synth.tiff import write_pyramidal_tiff_array
@@ -227,7 +227,7 @@ def test_bad_expression_and_centres_fail_clearly(tmp_path, caplog):
         tile_sample(i, paths, out, CFG)
     # Non-integer values (normalised, not raw counts): a warning, the tiles are still written.
     write_h5ad(paths.st, bc, good, [[1.5, 1, 0], [0, 2, 1]], genes)
-    with caplog.at_level("WARNING", logger="mint.data.tiling"):
+    with caplog.at_level("WARNING", logger="mint.data.spots"):
         tile_sample(i, paths, out, CFG)
     assert "not integer-valued" in caplog.text and out.exists()
 
@@ -245,12 +245,12 @@ def test_duplicate_gene_symbols_are_summed(tmp_path, caplog, sparse):
     )
     a.obsm["spatial"] = np.array([[100.0, 100.0], [150.0, 150.0]])
     a.write_h5ad(paths.st)
-    _, _, x, names, n_dup = tiling.read_spots(paths.st, "DUP")
+    _, _, x, names, n_dup = spots.read_spots(paths.st, "DUP")
     assert names == ["A", "B", "C"] and n_dup == 3 and sp.issparse(x) == sparse
     want = np.array([[10, 7, 4], [100, 70, 40]], np.float32)
     np.testing.assert_array_equal(x.toarray() if sparse else x, want)
     out = tmp_path / "DUP.h5"
-    with caplog.at_level("WARNING", logger="mint.data.tiling"):
+    with caplog.at_level("WARNING", logger="mint.data.spots"):
         tile_sample(info("DUP", "Visium", 1.0, "spot", "visium"), paths, out, CFG)
     assert "3 duplicate gene symbols" in caplog.text and "summed" in caplog.text
     t = read_tiles(out)
@@ -397,7 +397,7 @@ def _brute_force(ids, cents, tx, W, H, mode):
 
 @pytest.mark.parametrize("mode", ["cells", "transcripts"])
 def test_xenium_counts_equal_brute_force(tmp_path, monkeypatch, mode):
-    monkeypatch.setattr(tiling, "TRANSCRIPT_BATCH_ROWS", 256)  # many batches
+    monkeypatch.setattr(xenium, "TRANSCRIPT_BATCH_ROWS", 256)  # many batches
     paths, ids, polys, tx, (W, H) = _write_xenium(tmp_path, "XEN")
     out = tmp_path / "XEN.h5"
     tile_sample(
@@ -433,6 +433,31 @@ def test_xenium_counts_equal_brute_force(tmp_path, monkeypatch, mode):
     assert t["img"].shape[1:] == (PATCH, PATCH, 3)
 
 
+@pytest.mark.parametrize("column", ["feature_name", "cell_id"])
+def test_xenium_batch_without_any_gene_or_cell_id(tmp_path, monkeypatch, column):
+    """A record batch whose gene names (or cell ids) are all null counts nothing, no crash.
+
+    Such a batch has an empty dictionary, so nothing can be looked up in it (the old code
+    raised IndexError). The same transcripts without the null rows give the same tiles.
+    """
+    monkeypatch.setattr(xenium, "TRANSCRIPT_BATCH_ROWS", 256)
+
+    def with_null_head(tx):
+        head = tx.iloc[:300].copy()  # covers the first batch whole
+        head[column] = None
+        return pd.concat([head, tx], ignore_index=True)
+
+    out = {}
+    for name, hook in (("plain", None), ("null", with_null_head)):
+        paths, *_ = _write_xenium(tmp_path / name, "XNULL", tx_hook=hook)
+        out[name] = tmp_path / name / "XNULL.h5"
+        tile_sample(info("XNULL", "Xenium", PS_X, "patch", "xenium"), paths, out[name], CFG)
+    plain, null = read_tiles(out["plain"]), read_tiles(out["null"])
+    assert null["barcodes"] == plain["barcodes"] and null["gene_names"] == plain["gene_names"]
+    np.testing.assert_array_equal(null["expr"], plain["expr"])
+    assert null["attrs"]["n_transcripts_used"] == plain["attrs"]["n_transcripts_used"]
+
+
 def test_xenium_old_style_table_int_ids_bytes_genes(tmp_path, monkeypatch):
     """HEST variants: integer cell ids (-1 = none) and bytes feature names in the table, the
     segmentation's integer cell ids stored as the pandas index (``__index_level_0__``).
@@ -440,8 +465,8 @@ def test_xenium_old_style_table_int_ids_bytes_genes(tmp_path, monkeypatch):
     Without the h5ad the panel comes from the table alone (G10, G11 never detected: absent),
     and the accumulator has to grow while new genes appear batch after batch.
     """
-    monkeypatch.setattr(tiling, "TRANSCRIPT_BATCH_ROWS", 300)
-    monkeypatch.setattr(tiling, "INITIAL_GENE_CAPACITY", 2)
+    monkeypatch.setattr(xenium, "TRANSCRIPT_BATCH_ROWS", 300)
+    monkeypatch.setattr(xenium, "INITIAL_GENE_CAPACITY", 2)
 
     def old_style(tx):
         tx = tx.copy()
@@ -504,7 +529,7 @@ def test_xenium_unmatched_cell_ids(tmp_path, caplog, fraction):
             tile_sample(i, paths, out, CFG)
         assert not out.exists() and not list(out.parent.glob("*"))
         return
-    with caplog.at_level("WARNING", logger="mint.data.tiling"):
+    with caplog.at_level("WARNING", logger="mint.data.xenium"):
         tile_sample(i, paths, out, CFG)
     assert f"{n_ghost} of {n_assigned}" in caplog.text
     t = read_tiles(out)
@@ -553,8 +578,8 @@ def test_xenium_numeric_ids_and_geoparquet_geometry_column(tmp_path):
 
 def test_normalise_ids():
     ids = [1, 1.0, "1", b"1", "1.0", np.int64(7), np.float32(7.0), -1, -1.0, None, float("nan")]
-    assert tiling._normalise_ids(ids) == ["1", "1", "1", "1", "1", "7", "7", "", "", "", ""]
-    assert tiling._normalise_ids(["aaab-1", "UNASSIGNED", " x "]) == ["aaab-1", "", "x"]
+    assert xenium._normalise_ids(ids) == ["1", "1", "1", "1", "1", "7", "7", "", "", "", ""]
+    assert xenium._normalise_ids(["aaab-1", "UNASSIGNED", " x "]) == ["aaab-1", "", "x"]
 
 
 def test_xenium_bad_inputs_leave_no_file(tmp_path):
@@ -650,7 +675,7 @@ def test_in_slide_tissue_ignores_area_beyond_the_slide():
     mask = TissueMask(mask=np.ones((30, 30), np.uint8), scale=4.0, source="geojson")
     W = H = 100.0  # the slide; the mask covers 120 x 120
     tops = np.array([[0.0, 0.0], [W - 4.0, 0.0], [W - 4.0, H - 4.0], [W + 1, 0.0]])
-    got = tiling.in_slide_tissue(mask, tops, 40.0, W, H)
+    got = xenium.in_slide_tissue(mask, tops, 40.0, W, H)
     np.testing.assert_allclose(got, [1.0, 0.1, 0.01, 0.0], atol=1e-6)
 
 

@@ -85,6 +85,25 @@ def test_config_defaults_unknown_keys_and_types():
 
 
 # -- losses ---------------------------------------------------------------------------------
+def test_one_autocast_policy_for_training_and_bench_embedding():
+    """mint.precision is the policy of both: training forces bf16 even on CPU (CPU autocast), the
+    HEST-Bench embedding never autocasts off the GPU (HEST's torch.cuda.amp.autocast); fp32 and a
+    CPU "auto" are full precision for both."""
+    from mint.precision import autocast, autocast_dtype
+
+    assert autocast_dtype("bf16", "cpu", cpu_autocast=True) == torch.bfloat16
+    assert autocast_dtype("bf16", "cpu", cpu_autocast=False) is None
+    assert autocast_dtype("fp16", "cuda:0", cpu_autocast=False) == torch.float16
+    assert autocast_dtype("bf16", "cuda", cpu_autocast=False) == torch.bfloat16
+    for cpu_autocast in (True, False):
+        assert autocast_dtype("fp32", "cuda", cpu_autocast=cpu_autocast) is None
+        assert autocast_dtype("auto", "cpu", cpu_autocast=cpu_autocast) is None
+    with autocast(torch.bfloat16, "cpu"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    with autocast(None, "cpu"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
 def test_masked_mse_matches_direct_computation():
     g = torch.Generator().manual_seed(0)
     pred = torch.randn(5, 7, generator=g, requires_grad=True)
@@ -124,7 +143,7 @@ def test_dino_loss_and_centering_match_direct_computation():
     loss_fn = DINOLoss(k, student_temp=ts, center_momentum=0.8)
     loss_fn.center.copy_(torch.randn(1, k, generator=g))
     c0 = loss_fn.center.clone()
-    got = loss_fn(s, t, teacher_temp=tt, n_crops=n_crops)
+    got = loss_fn(s, t, teacher_temp_now=tt, n_crops=n_crops)
     terms = []
     for i in range(2):
         for v in range(n_crops):
@@ -137,7 +156,7 @@ def test_dino_loss_and_centering_match_direct_computation():
                 per_sample.append(-(q * logp).sum())
             terms.append(torch.stack(per_sample).mean())
     torch.testing.assert_close(got, torch.stack(terms).mean())
-    got2, stats = loss_fn.loss_and_stats(s, t, teacher_temp=tt, n_crops=n_crops)
+    got2, stats = loss_fn.loss_and_stats(s, t, teacher_temp_now=tt, n_crops=n_crops)
     torch.testing.assert_close(got2, got)
     q = torch.softmax((t - c0) / tt, dim=-1)
     h = -torch.special.xlogy(q, q).sum(-1).mean()

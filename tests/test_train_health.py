@@ -20,7 +20,8 @@ from mint.models.backbones import build_backbone
 from mint.train.config import TrainConfig
 from mint.train.data import TrainStream, ValStream, read_index
 from mint.train.export import timm_state_dict
-from mint.train.trainer import METRIC_COLUMNS, MintTrainer, health_report, train
+from mint.train.metrics import METRIC_COLUMNS, health_report
+from mint.train.trainer import MintTrainer, train
 
 torch.set_num_threads(1)
 

@@ -20,9 +20,10 @@ import torch
 from safetensors.torch import load_file
 
 from mint.cli import main
+from mint.train.checkpoint import latest_checkpoint
 from mint.train.config import TrainConfig
 from mint.train.preempt import EXIT_RESUME, StopSignals
-from mint.train.trainer import latest_checkpoint, train
+from mint.train.trainer import train
 
 torch.set_num_threads(1)
 
@@ -136,7 +137,7 @@ def _assert_same_weights(a_dir: Path, b_dir: Path) -> None:
 
 
 def test_forced_rerun_retrains_unless_checkpoints_are_kept(shards, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="mint.train.trainer")
+    caplog.set_level(logging.INFO, logger="mint.train")
     params = {**PARAMS, "steps": 3, "num_workers": 0}
     out = tmp_path / "rerun"
     cfg = TrainConfig.from_dict(params)
@@ -242,15 +243,41 @@ def test_sigterm_checkpoints_exits_nonzero_and_resumes_identically(shards, tmp_p
     _assert_same_weights(ref, out)
 
 
-def test_changed_configuration_starts_afresh(shards, full_run, tmp_path):
+def test_changed_configuration_starts_afresh(shards, tmp_path, caplog):
+    """A checkpoint left by another configuration is deleted, not resumed (run fingerprint)."""
+    caplog.set_level(logging.INFO, logger="mint.train")
     out = tmp_path / "changed"
-    cfg = TrainConfig.from_dict({**PARAMS, "steps": 3, "num_workers": 0})
-    train(cfg, shards, out, device="cpu", stop_after=None)
+    cfg = TrainConfig.from_dict({**PARAMS, "steps": 6, "num_workers": 0})
+    assert train(cfg, shards, out, device="cpu", stop_after=3) is None
+    assert latest_checkpoint(out / "checkpoints").name == "step-000000003.pt"
     other = TrainConfig.from_dict({**PARAMS, "steps": 2, "lr": 5e-4, "num_workers": 0})
+    caplog.clear()
     train(other, shards, out, device="cpu")
+    assert "from a different configuration or index; starting afresh" in caplog.text
+    assert "resumed from" not in caplog.text
     rows = _rows(out / "metrics.csv")
     assert max(int(r["step"]) for r in rows) == 2
     assert json.loads((out / "config.json").read_text())["train"]["lr"] == 5e-4
+    train(other, shards, tmp_path / "fresh", device="cpu")
+    _assert_same_metrics(_rows(tmp_path / "fresh" / "metrics.csv"), rows)
+
+
+def test_resume_with_another_worker_layout_warns_and_continues(shards, tmp_path, caplog):
+    """num_workers is not in the fingerprint: the run resumes from its step, with a warning that
+    the data order differs (the RNG states of another layout are not restored)."""
+    caplog.set_level(logging.INFO, logger="mint.train")
+    out = tmp_path / "layout"
+    params = {**PARAMS, "steps": 6, "num_workers": 0, "val_every": 0}
+    assert train(TrainConfig.from_dict(params), shards, out, device="cpu", stop_after=3) is None
+    caplog.clear()
+    train(TrainConfig.from_dict({**params, "num_workers": 1}), shards, out, device="cpu")
+    assert "resuming with 1 processes x 1 workers (was 1 x 0): data order differs" in caplog.text
+    assert "resumed from" in caplog.text and "at step 3" in caplog.text
+    assert [r["step"] for r in _rows(out / "metrics.csv") if r["split"] == "train"] == [
+        "2",
+        "4",
+        "6",
+    ]
 
 
 def test_unknown_param_is_a_one_line_error(shards, tmp_path, capsys):

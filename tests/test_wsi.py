@@ -295,3 +295,102 @@ def test_vendor_tiffs_are_read_by_openslide(tmp_path):
     wsi = WSI(path, 0.5, "A")
     assert not wsi.reads_tiles_directly
     np.testing.assert_array_equal(wsi.read_region(10, 20, 224, 224), img[20:244, 10:234])
+
+
+def test_libdeflate_inflates_tiles_as_zlib_does(slides, monkeypatch):
+    """The libdeflate path decodes every deflate tile to zlib's bytes, rejects corrupt tiles
+    with the same one-line error, and patches read through either decoder are identical."""
+    import zlib
+
+    import tifffile
+
+    import mint.data.wsi as wsi_mod
+
+    pytest.importorskip("deflate")
+    inflate = wsi_mod._INFLATE
+    assert inflate.backend == "libdeflate"
+    path, _ = slides[0.5]
+    with tifffile.TiffFile(path) as tf, open(path, "rb") as fh:
+        for page in tf.pages:
+            need = page.tilewidth * page.tilelength * 3
+            for off, n in zip(page.dataoffsets, page.databytecounts, strict=True):
+                fh.seek(off)
+                data = fh.read(n)
+                out = np.empty(need, np.uint8)
+                inflate.into(data, out)
+                assert out.tobytes() == zlib.decompress(data)[:need]
+    with pytest.raises((ValueError, zlib.error)):
+        inflate.into(data[:-40] + bytes(40), np.empty(need, np.uint8))
+    with pytest.raises(ValueError, match="bytes"):  # a stream shorter than the tile
+        inflate.into(zlib.compress(bytes(100)), np.empty(need, np.uint8))
+    rng = np.random.default_rng(5)
+    boxes = [(*rng.uniform(-30, 900, 2), side) for side in (224.0, 180.3, 448.0, 231.7)]
+    fast = [WSI(path, 0.5, "S").read_region(x, y, s, PATCH) for x, y, s in boxes]
+    monkeypatch.setattr(inflate, "_lib", None)
+    slow = [WSI(path, 0.5, "S").read_region(x, y, s, PATCH) for x, y, s in boxes]
+    for a, b in zip(fast, slow, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_read_box_writes_into_out(slides):
+    """`out=` gets exactly the patch read_box returns without it (both resampling paths)."""
+    path, _ = slides[0.5]
+    wsi = WSI(path, 0.5, "S")
+    batch = np.zeros((3, PATCH, PATCH, 3), np.uint8)
+    for k, (x, y, side) in enumerate([(40, 60, 224.0), (33.3, 71.9, 180.3), (-20.5, 5.2, 448.0)]):
+        got = wsi.read_box(x, y, side, side, PATCH, PATCH, out=batch[k])
+        assert got is batch[k] or np.shares_memory(got, batch[k])
+        np.testing.assert_array_equal(batch[k], wsi.read_box(x, y, side, side, PATCH, PATCH))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        wsi.read_box(0, 0, 224, 224, PATCH, PATCH, out=np.empty((PATCH, PATCH, 4), np.uint8))
+
+
+def test_read_patches_keeps_opencv_to_one_thread(slides):
+    """While patches are read OpenCV runs one thread (reader threads are the parallelism);
+    the caller's setting comes back afterwards, and patches equal one-by-one reads."""
+    from mint.data.tiling import read_patches
+
+    path, _ = slides[0.5]
+    wsi = WSI(path, 0.5, "S")
+    tops = np.array([[10.5, 20.25], [300.0, 100.0], [512.7, 400.1]])
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(2)
+    try:
+        for threads in (1, 2):
+            gen = read_patches(wsi, tops, 180.3, PATCH, threads, 2, progress=False)
+            for start, imgs in gen:
+                assert cv2.getNumThreads() == 1
+                for k, img in enumerate(imgs):
+                    x, y = tops[start + k]
+                    np.testing.assert_array_equal(img, wsi.read_region(x, y, 180.3, PATCH))
+            assert cv2.getNumThreads() == 2
+    finally:
+        cv2.setNumThreads(before)
+
+
+def test_levels_are_checked_on_first_use_and_a_failing_level_hands_over(slides, monkeypatch):
+    """Opening checks level 0 only; another level is checked before its first direct read, and
+    when it disagrees with OpenSlide, OpenSlide reads from then on (its pixels, not the bad ones)."""
+    import mint.data.wsi as wsi_mod
+
+    path, _ = slides[0.25]
+    wsi = WSI(path, 0.25, "S")
+    assert wsi.reads_tiles_directly and wsi._tiles._checked == {0}
+    wsi.read_region(40, 60, 224, 224)  # level 0
+    assert wsi._tiles._checked == {0}
+    orig = wsi_mod._TiffTiles._read
+
+    def broken(self, level, x, y, w, h):  # level 1 decodes to the wrong colours
+        r = orig(self, level, x, y, w, h)
+        return 255 - r if level == 1 else r
+
+    monkeypatch.setattr(wsi_mod._TiffTiles, "_read", broken)
+    got = wsi.read_region(40, 60, 448, 224)  # downsample 2: level 1
+    assert not wsi.reads_tiles_directly
+    ref = WSI(path, 0.25, "S", direct=False)
+    np.testing.assert_array_equal(got, ref.read_region(40, 60, 448, 224))
+    np.testing.assert_array_equal(
+        wsi.read_region(40, 60, 224, 224), ref.read_region(40, 60, 224, 224)
+    )
+    wsi.close()
+    assert wsi._tiles_failed is None

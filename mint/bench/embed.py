@@ -123,15 +123,6 @@ def resolve_precision(requested: str, spec: str, device: str) -> tuple[str, str]
     return backbone_precision(spec)
 
 
-def _autocast_dtype(device: str, precision: str):
-    """torch dtype for autocast, or None (fp32, or not on CUDA). `precision` is resolved."""
-    import torch
-
-    if not device.startswith("cuda") or precision == "fp32":
-        return None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
 def model_fingerprint(spec: str, precision: str) -> str:
     """Identity of 'the same embeddings': the model spec, its weights on disk, the precision.
 
@@ -284,6 +275,8 @@ def embed_sample(
     import torch
     from tqdm import tqdm
 
+    from mint.precision import autocast, autocast_dtype
+
     barcodes, coords, n = read_patch_index(sample, task)
     keys = ["cls", "patch_mean"] + (["st"] if encoder.has_st else [])
     dim = int(encoder.embed_dim)
@@ -311,7 +304,9 @@ def embed_sample(
         persistent_workers=False,
         prefetch_factor=4 if cfg.num_workers > 0 else None,
     )
-    amp = _autocast_dtype(device, resolve_precision(cfg.precision, model_spec, device)[0])
+    # HEST's `torch.cuda.amp.autocast` does nothing on CPU: no CPU autocast here (`mint.precision`)
+    precision = resolve_precision(cfg.precision, model_spec, device)[0]
+    amp = autocast_dtype(precision, device, cpu_autocast=False)
     with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as f:
         out = {k: f.create_dataset(k, shape=(n, dim), dtype="f4") for k in keys}
         f.create_dataset(
@@ -342,10 +337,7 @@ def embed_sample(
                     x = on_device(x)
                 else:
                     x = x.to(device, non_blocking=on_cuda).float()
-                if amp is not None:
-                    with torch.autocast(device_type="cuda", dtype=amp):
-                        feats = encoder(x)
-                else:
+                with autocast(amp, device):
                     feats = encoder(x)
                 missing = [k for k in keys if k not in feats]
                 if missing:

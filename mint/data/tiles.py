@@ -14,12 +14,15 @@ Layout (HEST's own patch files plus targets, so HEST tooling reads the images as
 
 Images are stored uncompressed in one chunk per patch, so the shard writer's random access
 reads exactly one patch; expression is gzip-compressed in small row chunks (mostly zeros).
+
+`Targets` is what a tiling mode (:mod:`mint.data.spots`, :mod:`mint.data.xenium`) hands to the
+writer: everything but the pixels, which `mint.data.tiling.tile_sample` reads afterwards.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +33,22 @@ from mint.data.genes import as_str
 from mint.errors import MintError
 
 EXPR_CHUNK_ROWS = 16
+
+
+@dataclass
+class Targets:
+    """Everything the writer needs except pixels."""
+
+    tops: np.ndarray  # (N, 2) int64 level-0 top-left x, y (the `coords` of the tile file)
+    barcodes: list[str]
+    genes: list[str]
+    expr_rows: Callable[[int, int], np.ndarray]  # (start, stop) -> float32 (n, G)
+    n_cells: np.ndarray | None
+    stats: dict
+    #: (N, 2) float64 exact level-0 top-left of the box to read, and its side; the pixels come
+    #: from this box, not from `tops`, so the patch centre is exact (None: read `tops`).
+    boxes: np.ndarray | None = None
+    box_size: float | None = None
 
 
 class TileWriter:

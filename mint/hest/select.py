@@ -100,7 +100,7 @@ class SelectionConfig:
     exclude: list[str] = field(default_factory=list)
     exclude_bench: bool = True
     exclude_leakage: bool = False
-    #: Visium HD counts in released HEST files may be unpooled (see mint.data.tiling's
+    #: Visium HD counts in released HEST files may be unpooled (see mint.data.spots'
     #: Visium HD QC); this leaves the technology out of training altogether.
     exclude_visium_hd: bool = False
     max_samples: int | None = None

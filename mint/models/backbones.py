@@ -14,7 +14,6 @@ and can be written into an exported model's `config.json`.
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 from dataclasses import dataclass, field, replace
@@ -440,8 +439,3 @@ def architecture_record(name: str, model: nn.Module, trained: bool = False) -> d
         "eva_embedding": spec.eva_embedding,
         "hest_precision": spec.hest_precision,
     }
-
-
-def spec_with(name: str, **changes: Any) -> BackboneSpec:
-    """A modified copy of a registered spec (for tests and benchmarks)."""
-    return replace(copy.deepcopy(parse_spec(name)), **changes)

@@ -1,1 +1,2 @@
-"""MINT fine-tuning: config, WebDataset input, multi-crop, DINO, losses, trainer, export."""
+"""MINT fine-tuning: config, WebDataset input, multi-crop, DINO, losses, the trainer and its run
+(checkpoints, metrics), export."""

@@ -88,24 +88,26 @@ class DINOLoss(nn.Module):
         self,
         student_out: torch.Tensor,
         teacher_out: torch.Tensor,
-        teacher_temp: float,
+        teacher_temp_now: float,
         n_crops: int,
         n_global: int = 2,
     ) -> torch.Tensor:
-        """student_out [n_crops*B, K] (globals first, view-major), teacher_out [n_global*B, K]."""
-        return self.loss_and_stats(student_out, teacher_out, teacher_temp, n_crops, n_global)[0]
+        """student_out [n_crops*B, K] (globals first, view-major), teacher_out [n_global*B, K];
+        `teacher_temp_now`: this step's teacher temperature (`teacher_temperature`: the config's
+        teacher_temp_start warming up to teacher_temp_final)."""
+        return self.loss_and_stats(student_out, teacher_out, teacher_temp_now, n_crops, n_global)[0]
 
     def loss_and_stats(
         self,
         student_out: torch.Tensor,
         teacher_out: torch.Tensor,
-        teacher_temp: float,
+        teacher_temp_now: float,
         n_crops: int,
         n_global: int = 2,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss and detached health statistics (nats): teacher_entropy, dino_kl,
         teacher_marginal_entropy (see module docstring)."""
-        t = F.softmax((teacher_out.float() - self.center) / teacher_temp, dim=-1).detach()
+        t = F.softmax((teacher_out.float() - self.center) / teacher_temp_now, dim=-1).detach()
         teacher_chunks = t.chunk(n_global)
         student_chunks = F.log_softmax(student_out.float() / self.student_temp, dim=-1).chunk(
             n_crops

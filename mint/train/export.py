@@ -18,7 +18,7 @@ from torch import nn
 
 from mint.io import atomic_path
 from mint.models.backbones import architecture_record
-from mint.models.encoder import MODEL_FORMAT, MODEL_FORMAT_VERSION, Encoder
+from mint.models.encoder import MODEL_FORMAT, MODEL_FORMAT_VERSION
 from mint.models.heads import ExpressionHeads
 from mint.models.st_vit import STTokenViT
 
@@ -103,18 +103,3 @@ def export_model(
     with atomic_path(out_dir / "config.json") as tmp:
         tmp.write_text(json.dumps(config, indent=2) + "\n")
     return out_dir
-
-
-def as_encoder(backbone: STTokenViT, heads: ExpressionHeads | None, backbone_name: str) -> Encoder:
-    """Wrap live training modules as an Encoder (shares their parameters)."""
-    rec = architecture_record(backbone_name, backbone.vit, trained=True)
-    return Encoder(
-        backbone,
-        name=backbone_name,
-        mean=tuple(rec["mean"]),
-        std=tuple(rec["std"]),
-        img_size=rec["img_size"],
-        resize=rec["resize"],
-        heads=heads,
-        meta=rec,
-    )

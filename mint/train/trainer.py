@@ -1,4 +1,4 @@
-"""MINT training: the student/teacher/anchor models, one optimisation step, and the run loop.
+"""MINT training: `MintTrainer` (models, optimiser, one optimisation step) and `train()`, the run.
 
 One step (per process, batch of B tiles):
 
@@ -22,22 +22,22 @@ expression heads; `mint.train.export.timm_state_dict` turns the result into plai
 
 Health: besides the losses, metrics.csv logs the teacher's mean entropy and the student-teacher
 KL; at the end `health.json` (next to metrics.csv) says whether DINO collapsed (see
-`dino_health`), and a collapse is logged as a WARNING.
+`mint.train.metrics.dino_health`), and a collapse is logged as a WARNING.
+
+Elsewhere: the networks in `mint.train.modules`, checkpoints, RNG state and resume in
+`mint.train.checkpoint`, metrics.csv and health.json in `mint.train.metrics`, the autocast
+policy in `mint.precision`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import csv
-import hashlib
-import json
 import logging
 import math
 import random
 import shutil
 import sys
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,125 +48,34 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from mint.errors import MintError
-from mint.io import atomic_path
 from mint.logging_utils import progress_enabled
 from mint.models.backbones import architecture_record, build_backbone
 from mint.models.heads import ExpressionHeads
 from mint.models.st_vit import STTokenViT, enable_dynamic_img_size
+from mint.precision import autocast, autocast_dtype
 from mint.train.augment import MultiCrop, local_crop_size_for, normalize_uint8
+from mint.train.checkpoint import resume, run_fingerprint, save_checkpoint
 from mint.train.config import TrainConfig
 from mint.train.data import ShardIndex, TrainStream, ValStream, in_order, make_loader, read_index
 from mint.train.dino import DINOHead, DINOLoss, cosine_momentum, ema_update, teacher_temperature
 from mint.train.distributed import DistContext, barrier, cleanup, init_distributed
 from mint.train.export import export_model, save_timm_weights
 from mint.train.losses import FrozenAnchor, anchor_loss, masked_mse
+from mint.train.metrics import LossAverager, MetricsLog, Throughput, write_health
+from mint.train.modules import MintStudent, Teacher
 from mint.train.optim import WarmupCosine, build_param_groups
 from mint.train.preempt import Preempted, StopSignals
 
 log = logging.getLogger(__name__)
 
-METRIC_COLUMNS = [
-    "step",
-    "split",
-    "loss",
-    "loss_visium",
-    "loss_xenium",
-    "loss_dino",
-    "loss_anchor",
-    "loss_anchor_patch",
-    "teacher_entropy",
-    "dino_kl",
-    "teacher_marginal_entropy",
-    "lr",
-    "images_per_s",
-]
-# A resumed run may differ from the interrupted one in these (cadence and speed settings; a
-# different num_workers only changes the data order, with a warning).
-RUNTIME_ONLY_FIELDS = {
-    "checkpoint_every",
-    "log_every",
-    "val_every",
-    "num_workers",
-    "grad_checkpointing",
-    "keep_checkpoints",
-}
-# Averaged per log window like the losses (train rows only).
-STAT_COLUMNS = ("teacher_entropy", "dino_kl", "teacher_marginal_entropy")
-# Final teacher entropy at or above this fraction of ln K counts as uniform collapse.
-UNIFORM_COLLAPSE_RATIO = 0.95
-# Final teacher marginal entropy below this fraction of ln K: every tile on a few prototypes.
-DIMENSION_COLLAPSE_RATIO = 0.1
-
 
 def modality_weight(cfg: TrainConfig, modality: str) -> float:
+    """The loss weight of a modality's expression head; MintError for a modality MINT has none for."""
     if modality == "visium":
         return cfg.w_visium
     if modality == "xenium":
         return cfg.w_xenium
     raise MintError(f"train: unknown modality {modality!r} (expected visium or xenium)")
-
-
-class MintStudent(nn.Module):
-    """Backbone with ST token + expression heads + DINO head; one forward for all crops."""
-
-    def __init__(
-        self,
-        backbone: STTokenViT,
-        heads: ExpressionHeads | None,
-        dino_head: DINOHead | None,
-    ) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.heads = heads
-        self.dino_head = dino_head
-
-    def forward(
-        self,
-        global_views: torch.Tensor,
-        local_views: torch.Tensor | None = None,
-        n_global: int = 1,
-        regression_only: bool = False,
-        patch_tokens: bool = False,
-    ) -> dict[str, Any]:
-        out = self.backbone(global_views, return_tokens=patch_tokens)
-        res: dict[str, Any] = {"cls_global": out["cls"]}
-        if patch_tokens:
-            res["patches_global"] = out["patch_tokens"]
-        if self.heads is not None:
-            b = global_views.shape[0] // n_global
-            token = out["st"] if self.backbone.has_st else out["cls"]
-            res["pred"] = self.heads(token[:b])
-        if self.dino_head is not None and not regression_only:
-            cls_all = out["cls"]
-            if local_views is not None:
-                cls_all = torch.cat([cls_all, self.backbone(local_views)["cls"]], dim=0)
-            res["dino"] = self.dino_head(cls_all)
-        return res
-
-
-class Teacher(nn.Module):
-    """EMA copy of the student's backbone and DINO head; no gradients."""
-
-    def __init__(self, backbone: STTokenViT, dino_head: DINOHead) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.dino_head = dino_head
-        for p in self.parameters():
-            p.requires_grad_(False)
-
-    @torch.no_grad()
-    def forward(self, global_views: torch.Tensor) -> torch.Tensor:
-        return self.dino_head(self.backbone(global_views)["cls"])
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
 
 
 class MintTrainer:
@@ -186,7 +95,7 @@ class MintTrainer:
         self.world_size = world_size
         # one epoch of the training set unless set explicitly (needs index.json's n_train)
         self.freeze_last_layer_steps = cfg.resolved_freeze_last_layer_steps(n_train, world_size)
-        self.amp_dtype = autocast_dtype(cfg.precision, self.device)
+        self.amp_dtype = autocast_dtype(cfg.precision, self.device, cpu_autocast=True)
         torch.manual_seed(cfg.seed)  # identical head initialisation in every process
         if vit is None:
             vit = build_backbone(cfg.backbone, pretrained=True)
@@ -257,10 +166,9 @@ class MintTrainer:
             local_scale=cfg.local_crop_scale,
         )
 
-    def autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+    def autocast(self) -> Any:
+        """The training precision policy (`mint.precision`) as a context for one forward."""
+        return autocast(self.amp_dtype, self.device)
 
     def lr_now(self) -> float:
         return self.cfg.lr * self.schedule(max(0, self.scheduler.last_epoch - 1))
@@ -404,254 +312,6 @@ class MintTrainer:
         self.scheduler.load_state_dict(state["scheduler"])
 
 
-# -- RNG state (tensors and plain types only, so checkpoints load with weights_only=True) -----
-def rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    state = {
-        "python": [py_state[0], list(py_state[1]), py_state[2]],
-        "numpy": {
-            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "cached_gaussian": float(np_state[4]),
-        },
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    n = state["numpy"]
-    np.random.set_state(
-        (
-            "MT19937",
-            n["keys"].numpy().astype(np.uint32),
-            n["pos"],
-            n["has_gauss"],
-            n["cached_gaussian"],
-        )
-    )
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
-# -- checkpoints ----------------------------------------------------------------------------
-def checkpoint_path(ckpt_dir: Path, step: int) -> Path:
-    return ckpt_dir / f"step-{step:09d}.pt"
-
-
-def latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    if not ckpt_dir.is_dir():
-        return None
-    found = sorted(ckpt_dir.glob("step-*.pt"))
-    return found[-1] if found else None
-
-
-def run_fingerprint(cfg: TrainConfig, index: ShardIndex) -> str:
-    d = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_ONLY_FIELDS}
-    h = hashlib.sha256(json.dumps(d, sort_keys=True).encode())
-    h.update(index.path.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def _gather_rank_state(ctx: DistContext, avg: LossAverager) -> list[dict[str, Any]]:
-    """Per-process state: RNGs and the partly filled loss averages of the log window."""
-    mine = {"rng": rng_state(), "avg": avg.state()}
-    if not ctx.distributed:
-        return [mine]
-    out: list[Any] = [None] * ctx.world_size
-    dist.all_gather_object(out, mine)
-    return out
-
-
-def save_checkpoint(
-    ckpt_dir: Path,
-    step: int,
-    trainer: MintTrainer,
-    ctx: DistContext,
-    rows: list[dict[str, Any]],
-    fingerprint: str,
-    avg: LossAverager,
-) -> None:
-    ranks = _gather_rank_state(ctx, avg)  # collective: every process takes part
-    if ctx.is_main:
-        state = {
-            "step": step,
-            "fingerprint": fingerprint,
-            "world_size": ctx.world_size,
-            "num_workers": trainer.cfg.num_workers,
-            "config": trainer.cfg.to_dict(),
-            "ranks": ranks,
-            "metrics": rows,
-            **trainer.state_dict(),
-        }
-        path = checkpoint_path(ckpt_dir, step)
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
-        for old in ckpt_dir.glob("step-*.pt"):
-            if old != path:
-                old.unlink(missing_ok=True)
-        log.info("checkpoint %s", path)
-    barrier()
-
-
-# -- metrics --------------------------------------------------------------------------------
-class MetricsLog:
-    """metrics.csv (rewritten from the checkpoint's rows on resume) + TensorBoard."""
-
-    def __init__(self, out_dir: Path, rows: list[dict[str, Any]], start_step: int, enabled: bool):
-        self.path = out_dir / "metrics.csv"
-        self.rows = list(rows)
-        self.enabled = enabled
-        self.tb = None
-        if not enabled:
-            return
-        with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS)
-            w.writeheader()
-            for r in self.rows:
-                w.writerow(r)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(out_dir / "tensorboard"), purge_step=start_step)
-        except Exception as exc:  # tensorboard missing: metrics.csv still has everything
-            log.warning("TensorBoard disabled (%s)", exc)
-
-    def add(self, row: dict[str, Any]) -> None:
-        full = {c: row.get(c, "") for c in METRIC_COLUMNS}
-        for k, v in full.items():
-            if isinstance(v, float):
-                full[k] = f"{v:.6g}"
-        self.rows.append(full)
-        if not self.enabled:
-            return
-        with open(self.path, "a", newline="") as fh:
-            csv.DictWriter(fh, fieldnames=METRIC_COLUMNS).writerow(full)
-        if self.tb is not None:
-            for k, v in row.items():
-                if k in ("step", "split") or v in ("", None):
-                    continue
-                self.tb.add_scalar(f"{row['split']}/{k}", float(v), int(row["step"]))
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
-class LossAverager:
-    """Averages each loss over the steps since the last log line, across processes."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.sums: dict[str, torch.Tensor] = {}
-        self.counts: dict[str, torch.Tensor] = {}
-
-    def add(self, parts: dict[str, Any]) -> None:
-        for k, (value, count) in parts.items():
-            if not (k.startswith("loss") or k in STAT_COLUMNS):
-                continue
-            valid = torch.ones((), device=self.device) if count is None else (count > 0).float()
-            self.sums[k] = self.sums.get(k, 0) + value.float() * valid
-            self.counts[k] = self.counts.get(k, 0) + valid
-
-    def state(self) -> dict[str, list[float]]:
-        return {k: [float(self.sums[k]), float(self.counts[k])] for k in self.sums}
-
-    def load(self, state: dict[str, list[float]]) -> None:
-        self.sums = {k: torch.tensor(v[0], device=self.device) for k, v in state.items()}
-        self.counts = {k: torch.tensor(v[1], device=self.device) for k, v in state.items()}
-
-    def pop(self) -> dict[str, float]:
-        keys = sorted(self.sums)
-        if not keys:
-            return {}
-        s = torch.stack([torch.as_tensor(self.sums[k], device=self.device) for k in keys])
-        c = torch.stack([torch.as_tensor(self.counts[k], device=self.device) for k in keys])
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(s)
-            dist.all_reduce(c)
-        self.sums, self.counts = {}, {}
-        return {k: float(s[i] / c[i]) for i, k in enumerate(keys) if c[i] > 0}
-
-
-# -- health ---------------------------------------------------------------------------------
-def dino_health(rows: list[dict[str, Any]], cfg: TrainConfig) -> dict[str, Any]:
-    """DINO's state at the end of training from the last logged train window of metrics.csv.
-
-    status: "off" (w_dino 0), "not_logged" (no train row with the statistics), "ok",
-    "uniform_collapse" (teacher entropy >= UNIFORM_COLLAPSE_RATIO x ln K: every tile gets the
-    same flat distribution, the DINO loss is ln K and teaches nothing) or "dimension_collapse"
-    (marginal entropy <= DIMENSION_COLLAPSE_RATIO x ln K: every tile on the same prototypes).
-    """
-    if not cfg.use_dino:
-        return {"status": "off"}
-    ln_k = math.log(cfg.dino_prototypes)
-    last = None
-    for r in rows:
-        if r.get("split") == "train" and r.get("teacher_entropy") not in ("", None):
-            last = r
-    if last is None:
-        return {"status": "not_logged", "ln_k": ln_k}
-    h = float(last["teacher_entropy"])
-    marginal = float(last["teacher_marginal_entropy"])
-    status = "ok"
-    if h >= UNIFORM_COLLAPSE_RATIO * ln_k:
-        status = "uniform_collapse"
-    elif marginal <= DIMENSION_COLLAPSE_RATIO * ln_k:
-        status = "dimension_collapse"
-    return {
-        "status": status,
-        "step": int(last["step"]),
-        "ln_k": ln_k,
-        "teacher_entropy": h,
-        "teacher_entropy_ratio": h / ln_k,
-        "teacher_marginal_entropy": marginal,
-        "dino_kl": float(last["dino_kl"]),
-        "loss_dino": float(last["loss_dino"]),
-        "thresholds": {
-            "uniform_collapse_ratio": UNIFORM_COLLAPSE_RATIO,
-            "dimension_collapse_ratio": DIMENSION_COLLAPSE_RATIO,
-        },
-    }
-
-
-def health_report(rows: list[dict[str, Any]], cfg: TrainConfig) -> dict[str, Any]:
-    """health.json's content: {"dino": dino_health(...), "warnings": [one line each]}."""
-    dino = dino_health(rows, cfg)
-    warnings = []
-    if dino["status"] == "uniform_collapse":
-        warnings.append(
-            f"DINO uniform collapse: teacher entropy {dino['teacher_entropy']:.3f} nats at step "
-            f"{dino['step']} is {100 * dino['teacher_entropy_ratio']:.0f}% of ln K = "
-            f"{dino['ln_k']:.3f}; the DINO term carried no signal (try dino_head_bn, a higher "
-            "dino_head_lr, a faster teacher (lower ema_momentum) or a lower teacher_temp_final)"
-        )
-    elif dino["status"] == "dimension_collapse":
-        warnings.append(
-            f"DINO dimension collapse: the teacher's batch-mean entropy "
-            f"{dino['teacher_marginal_entropy']:.3f} nats at step {dino['step']} (ln K = "
-            f"{dino['ln_k']:.3f}): every tile maps to the same few prototypes"
-        )
-    return {"dino": dino, "warnings": warnings}
-
-
-def write_health(out_dir: Path, rows: list[dict[str, Any]], cfg: TrainConfig) -> dict[str, Any]:
-    """Write out_dir/health.json and log each warning as a WARNING."""
-    report = health_report(rows, cfg)
-    for w in report["warnings"]:
-        log.warning("%s", w)
-    with atomic_path(out_dir / "health.json") as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-    return report
-
-
 # -- the run --------------------------------------------------------------------------------
 def train(
     cfg: TrainConfig,
@@ -690,29 +350,80 @@ def _train(
     stop: StopSignals,
     timm_out: str | Path | None = None,
 ) -> Path | None:
+    """`train()` inside its process group and signal handlers. The order is part of the result:
+    per-process RNGs are seeded before the models are built, the checkpoint is loaded before the
+    DDP wrap, and the data stream starts at the resumed step."""
+    index = _checked_index(cfg, index_path)
+    ckpt_dir = out_dir / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    _seed_process(cfg, ctx)
+    trainer = _build_trainer(cfg, index, ctx)
+    stop.setup_group()
+    fingerprint = run_fingerprint(cfg, index)
+    avg = LossAverager(ctx.device)
+    start_step, rows = resume(ckpt_dir, trainer, ctx, fingerprint, avg)
+    if ctx.distributed:
+        trainer.wrap_ddp()
+    if ctx.is_main:
+        _log_setup(cfg, trainer, index, ctx)
+    run = _Run(
+        cfg=cfg,
+        ctx=ctx,
+        out_dir=out_dir,
+        trainer=trainer,
+        metrics=MetricsLog(out_dir, rows, start_step, enabled=ctx.is_main),
+        avg=avg,
+        fingerprint=fingerprint,
+        clock=Throughput(cfg.batch_size * ctx.world_size),
+    )
+    crops = trainer.multicrop()
+    pin = ctx.device.type == "cuda"
+    stream = TrainStream(index, crops, cfg.batch_size, cfg.seed, cfg.shuffle_buffer, start_step)
+    loader = make_loader(stream, cfg.num_workers, pin_memory=pin)
+    if index.val_shards and trainer.student.heads is not None:
+        run.val_loader = make_loader(
+            ValStream(index, crops, cfg.batch_size), min(cfg.num_workers, 2), pin_memory=pin
+        )
+    if not _loop(run, loader, start_step, stop_after, stop):
+        return None
+    if ctx.is_main:
+        _finish(run, index, timm_out)
+    barrier()
+    return out_dir
+
+
+def _checked_index(cfg: TrainConfig, index_path: Path) -> ShardIndex:
+    """index.json, after checking every shard and modality: one line naming the bad file or
+    value before anything is written."""
     index = read_index(index_path)
     # Damaged or truncated shards: one line naming the file, before anything is written.
-    from mint.data.shards import verify_shards
+    from mint.data.shard_verify import verify_shards
 
     verify_shards(index_path)
     for m in index.modalities:
         modality_weight(cfg, m)  # MintError for an unknown modality
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = out_dir / "checkpoints"
-    ckpt_dir.mkdir(exist_ok=True)
+    return index
+
+
+def _seed_process(cfg: TrainConfig, ctx: DistContext) -> None:
+    """TF32 on GPU; Python and NumPy RNGs seeded per process (torch's is seeded by MintTrainer,
+    the same in every process, so the heads start identical)."""
     if ctx.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     random.seed(cfg.seed + ctx.rank)
     np.random.seed(cfg.seed + ctx.rank)
 
-    # one process fetches hub weights first; the others then read them from the local cache
+
+def _build_trainer(cfg: TrainConfig, index: ShardIndex, ctx: DistContext) -> MintTrainer:
+    """The trainer on this process's device. One process fetches hub weights first; the others
+    then read them from the local cache."""
     if ctx.distributed and not ctx.is_main:
         barrier()
     vit = build_backbone(cfg.backbone, pretrained=True)
     if ctx.distributed and ctx.is_main:
         barrier()
-    trainer = MintTrainer(
+    return MintTrainer(
         cfg,
         index.vocab_sizes,
         ctx.device,
@@ -720,195 +431,181 @@ def _train(
         world_size=ctx.world_size,
         n_train=index.n_train,
     )
-    stop.setup_group()
-    fingerprint = run_fingerprint(cfg, index)
-    start_step, rows = 0, []
-    avg = LossAverager(ctx.device)
-    latest = latest_checkpoint(ckpt_dir)
-    if latest is None and ctx.is_main:
-        log.info("no checkpoint in %s: starting fresh at step 0", ckpt_dir)
-    if latest is not None:
-        state = torch.load(latest, map_location="cpu", weights_only=True)
-        if state.get("fingerprint") != fingerprint:
-            log.warning(
-                "%s: checkpoint is from a different configuration or index; starting afresh",
-                latest,
-            )
-            barrier()
-            if ctx.is_main:
-                for old in ckpt_dir.glob("step-*.pt"):
-                    old.unlink(missing_ok=True)
-        else:
-            trainer.load_state_dict(state)
-            start_step = int(state["step"])
-            rows = [r for r in state["metrics"] if int(r["step"]) <= start_step]
-            same_layout = (
-                state["world_size"] == ctx.world_size and state["num_workers"] == cfg.num_workers
-            )
-            if not same_layout:
-                log.warning(
-                    "resuming with %d processes x %d workers (was %d x %d): data order differs",
-                    ctx.world_size,
-                    cfg.num_workers,
-                    state["world_size"],
-                    state["num_workers"],
-                )
-            if same_layout:
-                set_rng_state(state["ranks"][ctx.rank]["rng"])
-                avg.load(state["ranks"][ctx.rank]["avg"])
-            log.info("resumed from %s at step %d", latest, start_step)
-            if start_step >= cfg.steps:
-                log.info("checkpoint is final (keep_checkpoints): re-exporting, not retraining")
-        del state
-    if ctx.distributed:
-        trainer.wrap_ddp()
 
+
+def _log_setup(cfg: TrainConfig, trainer: MintTrainer, index: ShardIndex, ctx: DistContext) -> None:
+    """One line on the model, data and layout; the DINO prototype freeze (warn if it never ends)."""
     n_params = sum(p.numel() for p in trainer.student.parameters())
-    if ctx.is_main:
+    log.info(
+        "backbone %s (%.1f M parameters), %d train / %d val tiles, %d process(es) x batch %d, "
+        "device %s, precision %s",
+        cfg.backbone,
+        n_params / 1e6,
+        index.n_train,
+        index.n_val,
+        ctx.world_size,
+        cfg.batch_size,
+        ctx.device,
+        trainer.amp_dtype or "fp32",
+    )
+    freeze = trainer.freeze_last_layer_steps
+    if trainer.student.dino_head is not None:
         log.info(
-            "backbone %s (%.1f M parameters), %d train / %d val tiles, %d process(es) x batch %d, "
-            "device %s, precision %s",
-            cfg.backbone,
-            n_params / 1e6,
-            index.n_train,
-            index.n_val,
-            ctx.world_size,
-            cfg.batch_size,
-            ctx.device,
-            trainer.amp_dtype or "fp32",
+            "DINO head's last layer frozen for the first %d step(s)%s",
+            freeze,
+            " (one epoch)" if cfg.freeze_last_layer_steps is None else "",
         )
-        freeze = trainer.freeze_last_layer_steps
-        if trainer.student.dino_head is not None:
-            log.info(
-                "DINO head's last layer frozen for the first %d step(s)%s",
+        if freeze >= cfg.steps:
+            log.warning(
+                "freeze_last_layer_steps %d >= steps %d: the DINO prototypes never train",
                 freeze,
-                " (one epoch)" if cfg.freeze_last_layer_steps is None else "",
+                cfg.steps,
             )
-            if freeze >= cfg.steps:
-                log.warning(
-                    "freeze_last_layer_steps %d >= steps %d: the DINO prototypes never train",
-                    freeze,
-                    cfg.steps,
-                )
-    metrics = MetricsLog(out_dir, rows, start_step, enabled=ctx.is_main)
-    crops = trainer.multicrop()
-    pin = ctx.device.type == "cuda"
-    stream = TrainStream(index, crops, cfg.batch_size, cfg.seed, cfg.shuffle_buffer, start_step)
-    loader = make_loader(stream, cfg.num_workers, pin_memory=pin)
-    val_loader = None
-    if index.val_shards and trainer.student.heads is not None:
-        val_loader = make_loader(
-            ValStream(index, crops, cfg.batch_size), min(cfg.num_workers, 2), pin_memory=pin
-        )
 
-    paused = [0.0]  # seconds spent validating / checkpointing, left out of images/s
 
-    def validate(step: int) -> None:
-        if val_loader is None:
+@dataclass
+class _Run:
+    """The state one run's loop works on (built once by `_train`)."""
+
+    cfg: TrainConfig
+    ctx: DistContext
+    out_dir: Path
+    trainer: MintTrainer
+    metrics: MetricsLog
+    avg: LossAverager
+    fingerprint: str
+    clock: Throughput
+    val_loader: Any = None  # None: no validation shards, or no expression heads
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out_dir / "checkpoints"
+
+    def validate(self, step: int) -> None:
+        """Validation losses as a "val" row of metrics.csv (time left out of images/s)."""
+        if self.val_loader is None:
             return
-        t0 = time.perf_counter()
-        res = trainer.evaluate(val_loader)
-        paused[0] += time.perf_counter() - t0
+        with self.clock.pause():
+            res = self.trainer.evaluate(self.val_loader)
         if res:
-            metrics.add({"step": step, "split": "val", **res})
-            if ctx.is_main:
+            self.metrics.add({"step": step, "split": "val", **res})
+            if self.ctx.is_main:
                 parts = ", ".join(f"{k} {v:.4f}" for k, v in res.items())
                 log.info("step %d validation: %s", step, parts)
 
-    if start_step == 0:
-        validate(0)
-    bar = None
-    if ctx.is_main and progress_enabled():
-        from tqdm import tqdm
+    def checkpoint(self, step: int) -> None:
+        """Save a checkpoint (collective: every process calls it)."""
+        with self.clock.pause():
+            save_checkpoint(
+                self.ckpt_dir,
+                step,
+                self.trainer,
+                self.ctx,
+                self.metrics.rows,
+                self.fingerprint,
+                self.avg,
+            )
 
-        bar = tqdm(
-            total=cfg.steps,
-            initial=start_step,
-            desc="train",
-            file=sys.stderr,
-            dynamic_ncols=True,
-            mininterval=2.0,
-        )
-    images_per_step = cfg.batch_size * ctx.world_size
-    t_last, steps_since = time.perf_counter(), 0
-    paused[0] = 0.0  # step-0 validation ran before t_last: not part of the first window
+    def log_window(self, step: int, bar: Any) -> None:
+        """The train row of the log window ending at `step`: average losses, lr, images/s."""
+        if self.ctx.device.type == "cuda":
+            torch.cuda.synchronize()
+        ips = self.clock.window()
+        losses = self.avg.pop()
+        if not all(math.isfinite(v) for v in losses.values()):
+            raise MintError(f"train {self.out_dir}: non-finite loss at step {step}: {losses}")
+        lr = self.trainer.lr_now()
+        self.metrics.add({"step": step, "split": "train", **losses, "lr": lr, "images_per_s": ips})
+        if bar is not None:
+            bar.set_postfix(loss=f"{losses.get('loss', float('nan')):.4f}", img_s=f"{ips:.1f}")
+
+
+def _progress_bar(cfg: TrainConfig, ctx: DistContext, start_step: int) -> Any:
+    """A tqdm bar on the main process when progress bars are on, else None."""
+    if not (ctx.is_main and progress_enabled()):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(
+        total=cfg.steps,
+        initial=start_step,
+        desc="train",
+        file=sys.stderr,
+        dynamic_ncols=True,
+        mininterval=2.0,
+    )
+
+
+def _loop(
+    run: _Run,
+    loader: Any,
+    start_step: int,
+    stop_after: int | None,
+    stop: StopSignals,
+) -> bool:
+    """Steps start_step .. cfg.steps with logging, validation and checkpoints. False when it
+    stopped at `stop_after`; raises `Preempted` (after a checkpoint) on a stop signal."""
+    cfg = run.cfg
+    if start_step == 0:
+        run.validate(0)
+    bar = _progress_bar(cfg, run.ctx, start_step)
+    run.clock.restart()  # step-0 validation ran before: not part of the first window
     it = in_order(loader, start_step)
-    step = start_step
     try:
         for step in range(start_step, cfg.steps):
-            batch = next(it)
-            parts = trainer.train_step(batch, step)
-            avg.add(parts)
+            run.avg.add(run.trainer.train_step(next(it), step))
             done = step + 1
-            steps_since += 1
+            run.clock.steps += 1
             if done % cfg.log_every == 0 or done == cfg.steps:
-                if ctx.device.type == "cuda":
-                    torch.cuda.synchronize()
-                now = time.perf_counter()
-                ips = images_per_step * steps_since / max(now - t_last - paused[0], 1e-9)
-                t_last, steps_since, paused[0] = now, 0, 0.0
-                losses = avg.pop()
-                if not all(math.isfinite(v) for v in losses.values()):
-                    raise MintError(f"train {out_dir}: non-finite loss at step {done}: {losses}")
-                metrics.add(
-                    {
-                        "step": done,
-                        "split": "train",
-                        **losses,
-                        "lr": trainer.lr_now(),
-                        "images_per_s": ips,
-                    }
-                )
-                if bar is not None:
-                    bar.set_postfix(
-                        loss=f"{losses.get('loss', float('nan')):.4f}", img_s=f"{ips:.1f}"
-                    )
+                run.log_window(done, bar)
             if bar is not None:
                 bar.update(1)
             if cfg.val_every and done % cfg.val_every == 0 and done < cfg.steps:
-                validate(done)
+                run.validate(done)
             saved = done % cfg.checkpoint_every == 0 or done == cfg.steps
             if saved:
-                t0 = time.perf_counter()
-                save_checkpoint(ckpt_dir, done, trainer, ctx, metrics.rows, fingerprint, avg)
-                paused[0] += time.perf_counter() - t0
+                run.checkpoint(done)
             if stop_after is not None and done >= stop_after and done < cfg.steps:
                 log.info("stopping at step %d as asked (resume continues from here)", done)
-                return None
+                return False
             signum = stop.requested() if done < cfg.steps else None  # same answer everywhere
             if signum is not None:
                 if not saved:
-                    save_checkpoint(ckpt_dir, done, trainer, ctx, metrics.rows, fingerprint, avg)
+                    run.checkpoint(done)
                 raise Preempted(signum, done)
-        if start_step < cfg.steps or not metrics.rows or metrics.rows[-1]["split"] != "val":
-            validate(cfg.steps)
+        if start_step < cfg.steps or not run.metrics.rows or run.metrics.rows[-1]["split"] != "val":
+            run.validate(cfg.steps)
     finally:
         if bar is not None:
             bar.close()
-        metrics.close()
+        run.metrics.close()
         del it
-    if ctx.is_main:
-        write_health(out_dir, metrics.rows, cfg)
-        export_model(
-            out_dir,
-            trainer.student.backbone,
-            trainer.student.heads,
-            cfg.backbone,
-            index.vocab,
-            {m: index.raw["stats"][m] for m in index.modalities},
-            cfg.to_dict(),
-            steps_done=cfg.steps,
-            name=out_dir.name,
-        )
-        log.info("exported %s", out_dir)
-        if timm_out is not None:
-            save_timm_weights(trainer.pretrained_backbone(), Path(timm_out))
-            log.info("pretrained backbone (timm state dict) written to %s", timm_out)
-        if not cfg.keep_checkpoints:
-            # a finished run leaves no checkpoint: a forced rerun must retrain, not re-export
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
-    barrier()
-    return out_dir
+    return True
+
+
+def _finish(run: _Run, index: ShardIndex, timm_out: str | Path | None) -> None:
+    """Main process, after the last step: health.json, the exported model (and timm weights),
+    then checkpoints/ removed unless `keep_checkpoints`."""
+    cfg, out_dir, trainer = run.cfg, run.out_dir, run.trainer
+    write_health(out_dir, run.metrics.rows, cfg)
+    export_model(
+        out_dir,
+        trainer.student.backbone,
+        trainer.student.heads,
+        cfg.backbone,
+        index.vocab,
+        {m: index.raw["stats"][m] for m in index.modalities},
+        cfg.to_dict(),
+        steps_done=cfg.steps,
+        name=out_dir.name,
+    )
+    log.info("exported %s", out_dir)
+    if timm_out is not None:
+        save_timm_weights(trainer.pretrained_backbone(), Path(timm_out))
+        log.info("pretrained backbone (timm state dict) written to %s", timm_out)
+    if not cfg.keep_checkpoints:
+        # a finished run leaves no checkpoint: a forced rerun must retrain, not re-export
+        shutil.rmtree(run.ckpt_dir, ignore_errors=True)
 
 
 def read_params(text: str) -> TrainConfig:
