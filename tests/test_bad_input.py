@@ -24,13 +24,13 @@ from test_vocab_shards import write_tile
 from mint.cli import main
 from mint.data.shard_verify import verify_shards
 from mint.errors import MintError
-from mint.hest import download
+from mint.hest import download, hub
 from mint.io import atomic_dir, atomic_path
 
 
 @pytest.fixture(autouse=True)
 def no_sleep(monkeypatch):
-    monkeypatch.setattr(download, "_sleep", lambda s: None)
+    monkeypatch.setattr(hub, "_sleep", lambda s: None)
 
 
 def _one_line_error(capsys) -> str:
@@ -112,7 +112,6 @@ def test_bad_input_offline_bench_hub_is_a_network_error(tmp_path, monkeypatch):
 
     from mint.hest import download_bench
 
-    monkeypatch.setattr(download_bench, "_sleep", lambda s: None)
     monkeypatch.setattr(
         "huggingface_hub.snapshot_download",
         FakeHub(fail_times=9, exc=LocalEntryNotFoundError("no connection\nat all")),

@@ -12,14 +12,14 @@ import pytest
 
 from mint.cli import main as mint_main
 
-synth = pytest.importorskip("mint.synth.hest")
+synth = pytest.importorskip("mint.synth.bench")
 
 
 def test_synthetic_tasks_end_to_end(tmp_path):
     bench = tmp_path / "bench"
     tasks = ["SYNTH_VISIUM", "SYNTH_XENIUM"]
     for task in tasks:
-        synth.generate_bench(bench, task, seed=0, slide_size_um=800)
+        synth.generate_bench(bench, task, synth.SynthConfig(seed=0, slide_size_um=800))
 
     results = []
     for task in tasks:

@@ -1,4 +1,4 @@
-"""Download of HEST samples and HEST-Bench tasks: hub (mocked at its boundary), local, synthetic."""
+"""Download of HEST samples and HEST-Bench tasks: hub (mocked at its boundary) and local."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ import pytest
 
 from mint.cli import main
 from mint.errors import MintError
-from mint.hest import download, download_bench
-from mint.synth.hest import synthetic_metadata, write_metadata_csv
+from mint.hest import download, download_bench, hub, layout
 
 TOKEN = "hf_secret_token_for_tests_only"
 
@@ -81,8 +80,7 @@ def meta_csv(tmp_path):
 @pytest.fixture(autouse=True)
 def no_sleep(monkeypatch):
     slept = []
-    monkeypatch.setattr(download, "_sleep", slept.append)
-    monkeypatch.setattr(download_bench, "_sleep", slept.append)
+    monkeypatch.setattr(hub, "_sleep", slept.append)
     return slept
 
 
@@ -175,15 +173,44 @@ def test_hub_missing_or_empty_file_names_sample_and_file(monkeypatch, tmp_path):
         download.download_hub("MEND139", "Visium", tmp_path / "b", retries=1)
 
 
-def test_hub_no_access_is_not_retried(monkeypatch, tmp_path):
-    class GatedRepoError(Exception):
-        pass
+def _fetch_sample(tmp_path, retries):
+    return download.download_hub("MEND139", "Visium", tmp_path, retries=retries)
 
-    fake = FakeHub(fail_times=5, exc=GatedRepoError("401"))
+
+def _fetch_task(tmp_path, retries):
+    return download_bench.download_hub("IDC", tmp_path, retries=retries)
+
+
+@pytest.mark.parametrize("fetch", [_fetch_sample, _fetch_task], ids=["sample", "bench"])
+@pytest.mark.parametrize("error", sorted(hub.NON_RETRYABLE))
+def test_hub_no_access_is_not_retried(monkeypatch, tmp_path, fetch, error, no_sleep):
+    """Samples and bench tasks share one policy: every non-retryable error stops at once (the
+    bench download used to retry RevisionNotFoundError and EntryNotFoundError)."""
+    exc_type = type(error, (Exception,), {})
+    fake = FakeHub(fail_times=5, exc=exc_type("401"))
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
-    with pytest.raises(MintError, match="HF_TOKEN"):
-        download.download_hub("MEND139", "Visium", tmp_path, retries=4)
-    assert len(fake.calls) == 1
+    with pytest.raises(MintError, match=f"{error}.*HF_TOKEN"):
+        fetch(tmp_path, retries=4)
+    assert len(fake.calls) == 1 and no_sleep == []
+
+
+@pytest.mark.parametrize("fetch", [_fetch_sample, _fetch_task], ids=["sample", "bench"])
+def test_hub_transient_error_is_retried_the_same_way(monkeypatch, tmp_path, fetch, no_sleep):
+    fake = FakeHub(fail_times=5, exc=ConnectionError("reset"))
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
+    with pytest.raises(MintError, match="network error"):
+        fetch(tmp_path, retries=3)
+    assert len(fake.calls) == 3 and no_sleep == [10.0, 20.0]
+
+
+def test_hub_retry_policy_is_defined_once():
+    """No module of mint/hest keeps its own list of errors or its own retry loop."""
+    import inspect
+
+    for mod in (download, download_bench):
+        src = inspect.getsource(mod)
+        assert "GatedRepoError" not in src and "snapshot_download(" not in src, mod.__name__
+        assert "_sleep" not in src, mod.__name__
 
 
 def _local_hest(root: Path) -> Path:
@@ -263,48 +290,62 @@ def test_unknown_sample_is_one_line(tmp_path, meta_csv, capsys):
     assert rc == 2 and "TENX999" in err and str(meta_csv) in err and len(err.splitlines()) == 1
 
 
-def test_synthetic_download(tmp_path):
-    sizes = [
-        "--seed",
-        "1",
-        "--n-visium",
-        "1",
-        "--n-st",
-        "1",
-        "--n-xenium",
-        "1",
-        "--slide-size-um",
-        "400",
-        "--n-genes",
-        "80",
+def test_unknown_technology_names_sample_and_file(tmp_path, capsys):
+    meta = tmp_path / "m.csv"
+    base = {"id": "X1", "st_technology": "Slide-seq", "species": "Homo sapiens", "organ": "a"}
+    base.update(oncotree_code="b", patient="p", dataset_title="t", pixel_size_um_estimated=0.5)
+    pd.DataFrame([base]).to_csv(meta, index=False)
+    args = ["download", "--source", "local", "--local-dir", str(tmp_path), "--sample", "X1"]
+    rc = main([*args, "--metadata", str(meta), "--out-dir", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "X1" in err and str(meta) in err and "Slide-seq" in err, err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+def test_synthetic_is_not_a_download_source(tmp_path, meta_csv):
+    """Synthetic data is written by `mint synth`; `mint download` handles real data only."""
+    with pytest.raises(SystemExit):
+        main(
+            ["download", "--source", "synthetic", "--sample", "TENX95", "--metadata", str(meta_csv)]
+        )
+    with pytest.raises(SystemExit):
+        main(["download-bench", "--source", "synthetic", "--task", "SYNTH_XENIUM"])
+
+
+def test_hest_does_not_import_synth():
+    """The real-data package never depends on the demo generator."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, mint.hest.download, mint.hest.download_bench, mint.hest.select, "
+        "mint.hest.layout, mint.hest.hub; "
+        "print(sorted(m for m in sys.modules if m.startswith('mint.synth')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    for path in Path(download.__file__).parent.glob("*.py"):
+        assert "mint.synth" not in path.read_text(), path
+
+
+def test_layout_names_every_file_once():
+    """The hub patterns, the required files and SamplePaths all come from mint.hest.layout."""
+    from mint.data.tiling import SamplePaths
+
+    assert download.hub_patterns("TENX95", "Xenium") == [
+        layout.sample_file(k, "TENX95") for k in layout.SAMPLE_FILES
     ]
-    meta = write_metadata_csv(
-        tmp_path / "HEST_metadata.csv", synthetic_metadata(1, 1, 1, 1, 400, 80)
+    paths = SamplePaths.from_hest_dir("/h", "TENX95")
+    for key in ("wsi", "st", "contours", "transcripts", "cell_seg"):
+        assert getattr(paths, key) == Path("/h") / layout.SAMPLE_FILES[key].format(id="TENX95")
+    assert (
+        layout.sample_file("wsi", "{sample}", "resources/hest")
+        == "resources/hest/wsis/{sample}.tif"
     )
-    rc = main(
-        [
-            "download",
-            "--source",
-            "synthetic",
-            "--sample",
-            "SYNX000",
-            "--out-dir",
-            str(tmp_path / "hest"),
-            "--metadata",
-            str(meta),
-            *sizes,
-        ]
-    )
-    assert rc == 0
-    for rel in [
-        "wsis/SYNX000.tif",
-        "st/SYNX000.h5ad",
-        "metadata/SYNX000.json",
-        "tissue_seg/SYNX000_contours.geojson",
-        "transcripts/SYNX000_transcripts.parquet",
-        "xenium_seg/SYNX000_xenium_cell_seg.parquet",
-    ]:
-        assert (tmp_path / "hest" / rel).stat().st_size > 0, rel
+    assert layout.required_keys("Visium HD") == list(layout.COMMON_KEYS)
+    assert layout.required_keys("xenium", cell_seg=False) == [*layout.COMMON_KEYS, "transcripts"]
+    with pytest.raises(MintError, match="unknown st_technology"):
+        layout.required_keys("Slide-seq")
 
 
 # --------------------------------------------------------------------------- bench
@@ -364,6 +405,7 @@ def test_bench_hub(monkeypatch, tmp_path, zipped):
     assert (d / "patches" / "S1.h5").exists() and not list(d.rglob("*.zip"))
     assert not (out / "fm_v1").exists() and not (out / "OTHER").exists()
     assert download_bench.check_task(d, "IDC") == 1
+    assert layout.bench_task_sample_ids(d) == {"S1", "S2"}
 
 
 def test_bench_checks_and_local(tmp_path, capsys):
@@ -398,25 +440,3 @@ def test_bench_checks_and_local(tmp_path, capsys):
         download_bench.check_task(src / "READ", "READ")
     rc = main(["download-bench", "--source", "hub", "--task", "NOPE", "--out-dir", str(out)])
     assert rc == 2 and "NOPE" in capsys.readouterr().err
-
-
-def test_bench_synthetic(tmp_path):
-    rc = main(
-        [
-            "download-bench",
-            "--source",
-            "synthetic",
-            "--task",
-            "SYNTH_XENIUM",
-            "--out-dir",
-            str(tmp_path),
-            "--seed",
-            "2",
-            "--slide-size-um",
-            "700",
-            "--n-genes",
-            "100",
-        ]
-    )
-    assert rc == 0
-    assert download_bench.check_task(tmp_path / "SYNTH_XENIUM", "SYNTH_XENIUM") == 2

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+from pathlib import Path
 
 import anndata as ad
 import h5py
@@ -15,20 +17,17 @@ import pytest
 import shapely
 
 from mint.cli import main
+from mint.data.genes import is_control
+from mint.hest import layout
 from mint.hest.metadata import HEST_COLUMNS, read_metadata
-from mint.synth.hest import (
-    CONTROL_PROBES,
-    FORMAT_VARIANTS,
-    SynthConfig,
-    generate_bench,
-    generate_sample,
-    sample_specs,
-    synthetic_metadata,
-)
+from mint.synth.bench import generate_bench
+from mint.synth.hest import FORMAT_VARIANTS, generate_sample, synthetic_metadata
+from mint.synth.specs import SynthConfig, gene_model, sample_specs
 from mint.synth.tiff import write_pyramidal_tiff, write_pyramidal_tiff_array
 from mint.synth.tissue import CELL_TYPES, SlideModel, random_slide_model, render_patch
+from mint.synth.xenium import CONTROL_PROBES
 
-SMALL = dict(seed=3, n_visium=2, n_st=1, n_xenium=1, slide_size_um=500.0, n_genes=120)
+SMALL = SynthConfig(seed=3, n_visium=2, n_st=1, n_xenium=1, slide_size_um=500.0, n_genes=120)
 
 
 def _read(slide: openslide.OpenSlide, x: int, y: int, w: int, h: int, level: int = 0) -> np.ndarray:
@@ -140,7 +139,7 @@ def test_cells_sit_on_nuclei():
 # --------------------------------------------------------------------------- HEST layout
 def test_synthetic_metadata_is_fast_pure_and_complete():
     t = time.perf_counter()
-    df = synthetic_metadata(**SMALL)
+    df = synthetic_metadata(SMALL)
     assert time.perf_counter() - t < 3.0
     assert list(df.columns) == HEST_COLUMNS
     ids = df["id"].tolist()
@@ -150,19 +149,19 @@ def test_synthetic_metadata_is_fast_pure_and_complete():
     assert (df["pixel_size_um_estimated"] > 0).all() and df[
         "pixel_size_um_estimated"
     ].nunique() >= 3
-    pd.testing.assert_frame_equal(df, synthetic_metadata(**SMALL))
+    pd.testing.assert_frame_equal(df, synthetic_metadata(SMALL))
 
 
 @pytest.fixture(scope="module")
 def hest_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("hest")
     for sid in ["SYNV000", "SYNV001", "SYNST000", "SYNX000"]:
-        generate_sample(sid, out, **SMALL)
+        generate_sample(sid, out, SMALL)
     return out
 
 
 def test_wsis_open_with_openslide(hest_dir):
-    df = synthetic_metadata(**SMALL).set_index("id")
+    df = synthetic_metadata(SMALL).set_index("id")
     for sid in ["SYNV000", "SYNST000", "SYNX000"]:
         s = openslide.OpenSlide(str(hest_dir / "wsis" / f"{sid}.tif"))
         assert s.level_count > 1
@@ -174,7 +173,7 @@ def test_wsis_open_with_openslide(hest_dir):
 
 
 def test_spot_h5ad(hest_dir):
-    meta = synthetic_metadata(**SMALL).set_index("id")
+    meta = synthetic_metadata(SMALL).set_index("id")
     a = ad.read_h5ad(hest_dir / "st" / "SYNV000.h5ad")
     x = a.X.toarray()
     assert np.array_equal(x, np.round(x)) and x.min() >= 0 and x.sum() > 0
@@ -244,7 +243,7 @@ def test_tissue_geojson_and_metadata_json(hest_dir):
     assert gj["type"] == "FeatureCollection" and gj["features"]
     polys = [shapely.geometry.shape(f["geometry"]) for f in gj["features"]]
     union = shapely.union_all(polys)
-    meta = synthetic_metadata(**SMALL).set_index("id")
+    meta = synthetic_metadata(SMALL).set_index("id")
     w, h = meta.loc["SYNV000", "fullres_px_width"], meta.loc["SYNV000", "fullres_px_height"]
     assert 0.05 * w * h < union.area < w * h
     # spots with in_tissue=1 mostly lie inside the polygons
@@ -259,7 +258,7 @@ def test_tissue_geojson_and_metadata_json(hest_dir):
 
 
 def test_generate_sample_is_deterministic(hest_dir, tmp_path):
-    generate_sample("SYNST000", tmp_path, **SMALL)
+    generate_sample("SYNST000", tmp_path, SMALL)
     for rel in ["wsis/SYNST000.tif", "tissue_seg/SYNST000_contours.geojson"]:
         assert (tmp_path / rel).read_bytes() == (hest_dir / rel).read_bytes()
     a, b = ad.read_h5ad(tmp_path / "st/SYNST000.h5ad"), ad.read_h5ad(hest_dir / "st/SYNST000.h5ad")
@@ -270,12 +269,12 @@ def test_unknown_synthetic_id(tmp_path):
     from mint.errors import MintError
 
     with pytest.raises(MintError, match="NOPE"):
-        generate_sample("NOPE", tmp_path, **SMALL)
+        generate_sample("NOPE", tmp_path, SMALL)
 
 
 def test_generate_bench_layout(tmp_path):
-    cfg = dict(SMALL, slide_size_um=700.0)
-    d = generate_bench(tmp_path, "SYNTH_VISIUM", **cfg)
+    cfg = dataclasses.replace(SMALL, slide_size_um=700.0)
+    d = generate_bench(tmp_path, "SYNTH_VISIUM", cfg)
     genes = json.loads((d / "var_50genes.json").read_text())["genes"]
     assert len(genes) == 50 and genes == sorted(genes)
     assert sorted(p.name for p in (d / "splits").iterdir()) == [
@@ -288,7 +287,7 @@ def test_generate_bench_layout(tmp_path):
     assert list(tr.columns) == ["sample_id", "patches_path", "expr_path"]
     te = pd.read_csv(d / "splits" / "test_0.csv")
     assert not set(tr.sample_id) & set(te.sample_id)
-    specs = {s.id: s for s in sample_specs(SynthConfig(**cfg))}
+    specs = {s.id: s for s in sample_specs(cfg)}
     assert not {specs[s].patient for s in tr.sample_id} & {specs[s].patient for s in te.sample_id}
     for _, r in tr.iterrows():
         with h5py.File(d / r.patches_path) as f:
@@ -302,13 +301,13 @@ def test_generate_bench_layout(tmp_path):
         assert set(bcs) <= set(a.obs_names) and set(genes) <= set(a.var_names)
 
 
-def test_cli_metadata_only(tmp_path, capsys):
+def test_cli_metadata(tmp_path, capsys):
     rc = main(
         [
             "synth",
+            "metadata",
             "--out",
             str(tmp_path),
-            "--metadata-only",
             "--seed",
             "3",
             "--n-visium",
@@ -325,16 +324,76 @@ def test_cli_metadata_only(tmp_path, capsys):
     )
     assert rc == 0
     df = read_metadata(tmp_path / "HEST_metadata.csv")
-    ref = synthetic_metadata(**SMALL)
+    ref = synthetic_metadata(SMALL)
     assert df["id"].tolist() == ref["id"].tolist()
     assert np.allclose(df["pixel_size_um_estimated"], ref["pixel_size_um_estimated"])
     assert not (tmp_path / "wsis").exists()
 
 
+def test_cli_parts_write_one_sample_or_one_task(tmp_path):
+    """`mint synth samples` / `mint synth bench` (the workflow's synthetic download jobs) write
+    exactly one sample or task, no metadata CSV, with the sizes given as SynthConfig's flags."""
+    sizes = ["--seed", "3", "--n-visium", "2", "--n-st", "1", "--n-xenium", "1"]
+    sizes += ["--slide-size-um", "500", "--n-genes", "120"]
+    hest = tmp_path / "hest"
+    assert main(["synth", "samples", "--out", str(hest), "--samples", "SYNX000", *sizes]) == 0
+    written = sorted(str(p.relative_to(hest)) for p in hest.rglob("*") if p.is_file())
+    assert written == sorted(layout.sample_files("SYNX000", "Xenium").values())
+    ref = tmp_path / "ref"
+    generate_sample("SYNX000", ref, SMALL)
+    for rel in written:
+        assert (hest / rel).read_bytes() == (ref / rel).read_bytes(), rel
+    bench = tmp_path / "bench"
+    args = ["synth", "bench", "--bench-out", str(bench), "--bench-tasks", "SYNTH_XENIUM", *sizes]
+    assert main(args) == 0
+    assert [p.name for p in bench.iterdir()] == ["SYNTH_XENIUM"] and not hest.joinpath(
+        layout.METADATA_CSV
+    ).exists()
+    from mint.hest.download_bench import check_task
+
+    assert check_task(bench / "SYNTH_XENIUM", "SYNTH_XENIUM") == 2
+    assert layout.bench_task_sample_ids(bench / "SYNTH_XENIUM") == {"SYNBX000", "SYNBX001"}
+
+
+def test_synth_config_is_the_one_list_of_sizes():
+    """The CLI flags and the workflow's flags are generated from SynthConfig, and the config
+    schema's `synthetic` section holds its fields: a size added in one place only fails here."""
+    import argparse
+
+    import yaml
+
+    from mint.synth import cli
+
+    p = argparse.ArgumentParser()
+    cli.add_arguments(p)
+    fields = [f.name for f in dataclasses.fields(SynthConfig)]
+    assert SynthConfig.from_args(p.parse_args([])) == SynthConfig()
+    got = SynthConfig.from_args(p.parse_args(["--n-xenium", "5", "--slide-size-um", "700"]))
+    assert got == SynthConfig(n_xenium=5, slide_size_um=700.0)
+    flags = [str(w) for kv in got.cli_flags().items() for w in kv]
+    assert SynthConfig.from_args(p.parse_args(flags)) == got
+    schema_file = Path(__file__).parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+    schema = yaml.safe_load(schema_file.read_text())
+    section = schema["properties"]["synthetic"]["properties"]
+    assert set(fields) <= set(section)
+    assert (
+        SynthConfig.from_config({k: v.get("default") for k, v in section.items()}) == SynthConfig()
+    )
+    for name in fields:  # a default the schema states must be the dataclass's
+        if "default" in section[name]:
+            assert section[name]["default"] == getattr(SynthConfig(), name), name
+
+
+def test_control_probes_are_what_the_pipeline_drops():
+    """The generator's control codewords are controls by the one rule (mint.data.genes), its
+    genes are not; the transcript table's is_gene column follows the same rule."""
+    assert all(is_control(c) for c in CONTROL_PROBES)
+    g = gene_model(0, 300)
+    assert not any(is_control(n) for n in g.genes)
+
+
 @pytest.mark.parametrize("n_genes", [60, 300])
 def test_gene_model_sizes(n_genes):
-    from mint.synth.hest import gene_model
-
     g = gene_model(0, n_genes)
     assert len(g.visium) == n_genes and len(set(g.visium)) == n_genes
     assert len(set(g.xenium)) == len(g.xenium) >= 50
@@ -352,13 +411,13 @@ def test_format_variants_tile_identically(tmp_path):
     null ids with a geometry column, id column instead of index) gives the same tiles."""
     from mint.data.tiling import SampleInfo, SamplePaths, TileConfig, tile_sample
 
-    cfg = dict(SMALL, slide_size_um=600.0)
-    ps = float(synthetic_metadata(**cfg).set_index("id").loc["SYNX000", "pixel_size_um_estimated"])
+    cfg = dataclasses.replace(SMALL, slide_size_um=600.0)
+    ps = float(synthetic_metadata(cfg).set_index("id").loc["SYNX000", "pixel_size_um_estimated"])
     info = SampleInfo("SYNX000", "Xenium", ps, "patch", "xenium")
     got = {}
     for variant in ("",) + FORMAT_VARIANTS:
         out = tmp_path / (variant or "current")
-        generate_sample("SYNX000", out, **cfg, variants=(variant,) if variant else ())
+        generate_sample("SYNX000", out, cfg, variants=(variant,) if variant else ())
         tile_sample(
             info,
             SamplePaths.from_hest_dir(out, "SYNX000"),
@@ -383,5 +442,5 @@ def test_bad_input_unknown_format_variant(tmp_path):
     from mint.errors import MintError
 
     with pytest.raises(MintError, match="'nope' unknown"):
-        generate_sample("SYNX000", tmp_path, **SMALL, variants=("nope",))
+        generate_sample("SYNX000", tmp_path, SMALL, variants=("nope",))
     assert not any(tmp_path.iterdir())

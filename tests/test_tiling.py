@@ -802,14 +802,15 @@ def test_bad_input_cli_missing_pixel_size(tmp_path, capsys):
 def test_end_to_end_on_synthetic_hest(tmp_path):
     """A's synthetic HEST samples through the CLI: Visium and Xenium, targets consistent."""
     from mint.synth import hest as synth
+    from mint.synth.specs import SynthConfig
 
-    kw = dict(seed=0, n_visium=1, n_st=0, n_xenium=1, slide_size_um=500, n_genes=60)
-    meta = synth.synthetic_metadata(**kw)
+    kw = SynthConfig(seed=0, n_visium=1, n_st=0, n_xenium=1, slide_size_um=500, n_genes=60)
+    meta = synth.synthetic_metadata(kw)
     csv = tmp_path / "hest" / "HEST_metadata.csv"
     synth.write_metadata_csv(csv, meta)
     train = [s for s in meta["id"] if not s.startswith("SYNB")]
     for sid in train:
-        synth.generate_sample(sid, tmp_path / "hest", **kw)
+        synth.generate_sample(sid, tmp_path / "hest", kw)
         out = tmp_path / "tiles" / f"{sid}.h5"
         rc = main(
             [

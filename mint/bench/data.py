@@ -26,10 +26,11 @@ import numpy as np
 import pandas as pd
 
 from mint.errors import MintError
+from mint.hest import layout
 
 SPLIT_COLUMNS = ("sample_id", "patches_path", "expr_path")
-GENES_FILE = "var_50genes.json"
-_SPLIT_RE = re.compile(r"^(train|test)_(\d+)\.csv$")
+GENES_FILE = layout.BENCH_GENES
+_SPLIT_RE = re.compile(layout.BENCH_SPLIT_RE)
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def read_genes(root: Path, task: str) -> list[str]:
 
 def _split_files(root: Path, task: str) -> int:
     """Number of folds, after checking that splits/ holds exactly train_k/test_k pairs."""
-    split_dir = root / "splits"
+    split_dir = root / layout.BENCH_SPLITS_DIR
     if not split_dir.is_dir():
         raise MintError(f"{task} {split_dir}: splits folder not found")
     names = sorted(p.name for p in split_dir.iterdir())
@@ -143,19 +144,19 @@ def load_task(bench_dir: str | Path, task: str) -> BenchTaskData:
     folds: list[Fold] = []
     seen: dict[str, BenchSample] = {}
     for k in range(n):
-        train = _read_split(root, task, root / "splits" / f"train_{k}.csv")
-        test = _read_split(root, task, root / "splits" / f"test_{k}.csv")
+        train = _read_split(root, task, root / layout.bench_split("train", k))
+        test = _read_split(root, task, root / layout.bench_split("test", k))
         overlap = {s.sample_id for s in train} & {s.sample_id for s in test}
         if overlap:
             raise MintError(
-                f"{task} {sorted(overlap)[0]} {root / 'splits' / f'test_{k}.csv'}: "
+                f"{task} {sorted(overlap)[0]} {root / layout.bench_split('test', k)}: "
                 "sample is in both train and test of the fold"
             )
         for s in train + test:
             prev = seen.setdefault(s.sample_id, s)
             if prev != s:
                 raise MintError(
-                    f"{task} {s.sample_id} {root / 'splits'}: listed with different file paths"
+                    f"{task} {s.sample_id} {root / layout.BENCH_SPLITS_DIR}: listed with different file paths"
                 )
         folds.append(Fold(k, train, test))
     return BenchTaskData(task, root, genes, folds, list(seen.values()))

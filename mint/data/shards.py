@@ -54,6 +54,7 @@ from mint.data.shard_verify import file_digest, verify_shards
 from mint.data.tiles import TileInfo, read_info
 from mint.data.vocab import read_vocab
 from mint.errors import MintError
+from mint.hest.layout import bench_task_sample_ids
 from mint.io import atomic_path, sweep_temps, write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -366,8 +367,7 @@ def bench_dir_sample_ids(bench_dir: Path, tasks: list[str]) -> set[str]:
         d = bench_dir / task
         if not d.is_dir():
             raise MintError(f"{task} {d}: bench task folder not found")
-        for sub, suffix in (("adata", ".h5ad"), ("patches", ".h5")):
-            ids |= {p.name[: -len(suffix)] for p in (d / sub).glob(f"*{suffix}")}
+        ids |= bench_task_sample_ids(d)
     return ids
 
 

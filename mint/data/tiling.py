@@ -78,13 +78,18 @@ class SamplePaths:
 
     @classmethod
     def from_hest_dir(cls, hest_dir: str | os.PathLike, sample_id: str) -> SamplePaths:
-        d = Path(hest_dir)
+        """The paths of `mint.hest.layout` (the one place that names HEST's files)."""
+        from mint.hest.layout import sample_file
+
+        def path(key: str) -> Path:
+            return Path(sample_file(key, sample_id, hest_dir))
+
         return cls(
-            wsi=d / "wsis" / f"{sample_id}.tif",
-            st=d / "st" / f"{sample_id}.h5ad",
-            contours=d / "tissue_seg" / f"{sample_id}_contours.geojson",
-            transcripts=d / "transcripts" / f"{sample_id}_transcripts.parquet",
-            cell_seg=d / "xenium_seg" / f"{sample_id}_xenium_cell_seg.parquet",
+            wsi=path("wsi"),
+            st=path("st"),
+            contours=path("contours"),
+            transcripts=path("transcripts"),
+            cell_seg=path("cell_seg"),
         )
 
 

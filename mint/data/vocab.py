@@ -39,6 +39,7 @@ from tqdm import tqdm
 from mint.data.genes import drop_controls, is_control
 from mint.data.tiles import TileInfo, read_info
 from mint.errors import MintError
+from mint.hest.layout import BENCH_GENES
 from mint.io import write_text
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ def read_bench_genes(bench_dir: Path, tasks: list[str]) -> dict[str, list[str]]:
         raise MintError(f"bench {bench_dir}: HEST-Bench folder not found")
     out = {}
     for task in tasks:
-        path = bench_dir / task / "var_50genes.json"
+        path = bench_dir / task / BENCH_GENES
         try:
             obj = json.loads(path.read_text())
         except FileNotFoundError:

@@ -1,16 +1,16 @@
 """`mint download`: put one HEST-1k sample into `resources/hest/` in the hub's layout.
 
-Sources:
-  hub        huggingface_hub.snapshot_download of exactly this sample's files (per-folder
-             `allow_patterns`, so the large extras such as cellvit_seg/ or patches/ are not
-             fetched), token from the HF_TOKEN environment variable only, retries with
-             exponential back-off, then a check that every expected file is there and non-empty.
+Sources (real data only; the synthetic demo data is written by `mint synth`):
+  hub        huggingface_hub.snapshot_download of exactly this sample's files (the exact names of
+             `mint.hest.layout`, so the large extras such as cellvit_seg/ or patches/ are not
+             fetched), with the retry policy of `mint.hest.hub`, then a check that every
+             expected file is there and non-empty.
   local      an existing HEST-1k folder: its files are symlinked (or copied with --copy).
-  synthetic  the generator of `mint.synth.hest` (the demo).
 
-Required files: slide, expression, metadata JSON and tissue contours; for Xenium also the
-transcript table and the cell segmentation (cell targets need it; `--no-cell-seg` when the
-workflow tiles with transcript targets). A missing one is an error naming the sample and file.
+Required files (`mint.hest.layout.required_keys`): slide, expression, metadata JSON and tissue
+contours; for Xenium also the transcript table and the cell segmentation (cell targets need it;
+`--no-cell-seg` when the workflow tiles with transcript targets). A missing one is an error
+naming the sample and file.
 
 The sample id must be a safe name (`mint.safe.check_name`): it becomes part of every path, so
 `../x` would read and write outside the HEST folder. Links and copies are placed atomically
@@ -22,16 +22,13 @@ The token never appears in arguments, logs or outputs.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dataclasses
 import logging
 import os
 import shutil
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
-from mint.errors import MintError, one_line
+from mint.errors import MintError
+from mint.hest import hub, layout
 from mint.hest.metadata import read_metadata, sample_row
 from mint.io import atomic_path
 from mint.safe import check_name
@@ -39,37 +36,19 @@ from mint.safe import check_name
 log = logging.getLogger(__name__)
 
 HEST_REPO_ID = "MahmoodLab/hest"
-_sleep = time.sleep  # replaced in tests
-
-
-def is_xenium(technology: str) -> bool:
-    return str(technology).strip().lower() == "xenium"
 
 
 def required_files(sample_id: str, technology: str, cell_seg: bool = True) -> list[str]:
     """Files a sample must have after download (relative to the HEST folder).
 
-    The tile job declares the same files as inputs, so a file restored later re-tiles. The
-    Xenium cell segmentation is required unless `cell_seg` is False (transcript targets).
+    The tile job declares the same files as inputs, so a file restored later re-tiles.
     """
-    files = [
-        f"wsis/{sample_id}.tif",
-        f"st/{sample_id}.h5ad",
-        f"metadata/{sample_id}.json",
-        f"tissue_seg/{sample_id}_contours.geojson",
-    ]
-    if is_xenium(technology):
-        files.append(f"transcripts/{sample_id}_transcripts.parquet")
-        if cell_seg:
-            files.append(f"xenium_seg/{sample_id}_xenium_cell_seg.parquet")
-    return files
+    return list(layout.sample_files(sample_id, technology, cell_seg=cell_seg).values())
 
 
-def optional_globs(sample_id: str, technology: str, cell_seg: bool = True) -> list[str]:
+def optional_files(sample_id: str, technology: str, cell_seg: bool = True) -> list[str]:
     """Files used when present (the segmentation when transcript targets make it optional)."""
-    if is_xenium(technology) and not cell_seg:
-        return [f"xenium_seg/{sample_id}_xenium_cell_seg.parquet"]
-    return []
+    return [layout.sample_file(k, sample_id) for k in layout.optional_keys(technology, cell_seg)]
 
 
 def hub_patterns(sample_id: str, technology: str) -> list[str]:
@@ -78,18 +57,7 @@ def hub_patterns(sample_id: str, technology: str) -> list[str]:
     Exact names, not `*{id}*` globs: 'TENX1' must not match 'TENX10', and the hub's extras
     (nucleus segmentation, zipped GeoJSON copies, CellViT) are several GB per Xenium sample.
     """
-    pats = [
-        f"wsis/{sample_id}.tif",
-        f"st/{sample_id}.h5ad",
-        f"metadata/{sample_id}.json",
-        f"tissue_seg/{sample_id}_contours.geojson",
-    ]
-    if is_xenium(technology):
-        pats += [
-            f"transcripts/{sample_id}_transcripts.parquet",
-            f"xenium_seg/{sample_id}_xenium_cell_seg.parquet",
-        ]
-    return pats
+    return required_files(sample_id, technology, cell_seg=True)
 
 
 def check_files(
@@ -104,76 +72,13 @@ def check_files(
         if p.stat().st_size == 0:
             raise MintError(f"{sample_id} {p}: downloaded file is empty")
         found.append(p)
-    for pat in optional_globs(sample_id, technology, cell_seg):
-        hits = sorted(out_dir.glob(pat))
-        for h in hits:
-            if h.stat().st_size == 0:
-                raise MintError(f"{sample_id} {h}: downloaded file is empty")
-        found += hits
+    for rel in optional_files(sample_id, technology, cell_seg):
+        p = out_dir / rel
+        if p.exists():
+            if p.stat().st_size == 0:
+                raise MintError(f"{sample_id} {p}: downloaded file is empty")
+            found.append(p)
     return found
-
-
-def _is_permanent(exc: Exception) -> bool:
-    """Errors that a retry cannot fix (no access, wrong repo)."""
-    name = type(exc).__name__
-    return name in {
-        "GatedRepoError",
-        "RepositoryNotFoundError",
-        "RevisionNotFoundError",
-        "EntryNotFoundError",
-    }
-
-
-_NETWORK_ERRORS = {
-    "LocalEntryNotFoundError",  # huggingface_hub: hub unreachable and no local copy
-    "IncompleteSnapshotError",
-    "OfflineModeIsEnabled",
-    "ConnectError",
-    "ConnectTimeout",
-    "ReadTimeout",
-    "TimeoutException",
-    "ProxyError",
-    "ConnectionError",
-    "Timeout",
-}
-
-
-def is_network_error(exc: BaseException) -> bool:
-    """True when `exc` (or its cause) says the hub could not be reached."""
-    while exc is not None:
-        if type(exc).__name__ in _NETWORK_ERRORS or isinstance(
-            exc, (ConnectionError, TimeoutError)
-        ):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
-class HubUnreachable(Exception):
-    """snapshot_download could not reach the hub and returned the local folder as it was."""
-
-
-@contextlib.contextmanager
-def watch_hub_log() -> Iterator[list[str]]:
-    """Collect huggingface_hub's warnings during a call.
-
-    Offline, snapshot_download does not raise when `local_dir` already holds files (other
-    samples): it logs that the remote repo cannot be accessed and returns. That is a network
-    failure, not a missing file, and must be reported as one.
-    """
-    seen: list[str] = []
-
-    class _Grab(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            seen.append(record.getMessage())
-
-    handler = _Grab(level=logging.WARNING)
-    hub_log = logging.getLogger("huggingface_hub")
-    hub_log.addHandler(handler)
-    try:
-        yield seen
-    finally:
-        hub_log.removeHandler(handler)
 
 
 def download_hub(
@@ -186,67 +91,17 @@ def download_hub(
     cell_seg: bool = True,
 ) -> list[Path]:
     """Fetch one sample from the hub into `out_dir` and check it."""
-    import huggingface_hub
-
     check_name(sample_id, "sample id", "--sample")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    patterns = hub_patterns(sample_id, technology)
-    last: Exception | None = None
-    for attempt in range(1, max(1, retries) + 1):
-        try:
-            log.info(
-                "%s: snapshot_download %s (attempt %d/%d) %s",
-                sample_id,
-                repo_id,
-                attempt,
-                retries,
-                patterns,
-            )
-            with watch_hub_log() as hub_warnings:
-                huggingface_hub.snapshot_download(
-                    repo_id=repo_id,
-                    repo_type="dataset",
-                    local_dir=str(out),
-                    allow_patterns=patterns,
-                    # HF_TOKEN only: False stops huggingface_hub from falling back to other
-                    # variables or a cached login.
-                    token=os.environ.get("HF_TOKEN") or False,
-                )
-            unreachable = [m for m in hub_warnings if "cannot be accessed" in m]
-            if unreachable:
-                raise HubUnreachable(unreachable[0])
-            return check_files(out, sample_id, technology, cell_seg)
-        except MintError as exc:
-            last = exc  # incomplete download: retry
-        except Exception as exc:  # noqa: BLE001 - network errors come in many types
-            if _is_permanent(exc):
-                raise MintError(
-                    f"{sample_id} {repo_id}: no access ({type(exc).__name__}); accept the dataset terms "
-                    "on huggingface.co and export HF_TOKEN with a read token"
-                ) from None
-            last = exc
-        if attempt < retries:
-            wait = min(backoff_s * 2 ** (attempt - 1), 300.0)
-            log.warning(
-                "%s: download failed (%s: %s); retrying in %.0f s",
-                sample_id,
-                type(last).__name__,
-                one_line(last),
-                wait,
-            )
-            _sleep(wait)
-    if isinstance(last, MintError):
-        raise last
-    if isinstance(last, HubUnreachable) or is_network_error(last):
-        raise MintError(
-            f"{sample_id} {repo_id}: network error, the hub could not be reached after {retries} "
-            f"attempts ({type(last).__name__}: {one_line(last, 200)}); check the connection, "
-            "proxy and HF_HUB_OFFLINE"
-        )
-    raise MintError(
-        f"{sample_id} {repo_id}: download failed after {retries} attempts "
-        f"({type(last).__name__}: {one_line(last, 200)})"
+    return hub.snapshot(
+        sample_id,
+        repo_id,
+        out,
+        hub_patterns(sample_id, technology),
+        lambda: check_files(out, sample_id, technology, cell_seg),
+        retries=retries,
+        backoff_s=backoff_s,
     )
 
 
@@ -279,9 +134,8 @@ def download_local(
             raise MintError(f"{sample_id} {src}: missing in the local HEST folder")
         if src.stat().st_size == 0:
             raise MintError(f"{sample_id} {src}: empty file in the local HEST folder")
-    rels = list(required_files(sample_id, technology, cell_seg))
-    for pat in optional_globs(sample_id, technology, cell_seg):
-        rels += [str(p.relative_to(src_root)) for p in sorted(src_root.glob(pat))]
+    rels = required_files(sample_id, technology, cell_seg)
+    rels += [r for r in optional_files(sample_id, technology, cell_seg) if (src_root / r).exists()]
     for rel in rels:
         src, dst = src_root / rel, out / rel
         if dst.resolve() == src.resolve():
@@ -291,9 +145,7 @@ def download_local(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from mint.synth.cli import add_size_arguments
-
-    parser.add_argument("--source", choices=["hub", "local", "synthetic"], required=True)
+    parser.add_argument("--source", choices=["hub", "local"], required=True)
     parser.add_argument("--sample", required=True, help="HEST sample id, e.g. TENX95")
     parser.add_argument("--out-dir", default="resources/hest", help="HEST folder to fill")
     parser.add_argument(
@@ -311,7 +163,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="Xenium cell segmentation optional (tiling with transcript targets)",
     )
-    add_size_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -319,6 +170,10 @@ def run(args: argparse.Namespace) -> int:
     df = read_metadata(args.metadata)
     row = sample_row(df, args.sample)
     tech = str(row["st_technology"])
+    try:
+        layout.required_keys(tech)  # which files a sample has depends on its technology
+    except MintError as exc:
+        raise MintError(f"{args.sample} {args.metadata}: {exc}") from None
     if args.source == "hub":
         files = download_hub(
             args.sample,
@@ -328,17 +183,11 @@ def run(args: argparse.Namespace) -> int:
             retries=args.retries,
             cell_seg=args.cell_seg,
         )
-    elif args.source == "local":
+    else:
         if not args.local_dir:
             raise MintError(f"{args.sample} --local-dir: required for source local")
         files = download_local(
             args.sample, tech, args.local_dir, args.out_dir, copy=args.copy, cell_seg=args.cell_seg
         )
-    else:
-        from mint.synth.cli import config_from_args
-        from mint.synth.hest import generate_sample
-
-        generate_sample(args.sample, args.out_dir, **dataclasses.asdict(config_from_args(args)))
-        files = check_files(Path(args.out_dir), args.sample, tech, args.cell_seg)
     log.info("%s: %d files in %s", args.sample, len(files), args.out_dir)
     return 0

@@ -1,10 +1,11 @@
-"""`mint download-bench`: put one HEST-Bench task into `resources/hest-bench/<TASK>/`.
+"""`mint download-bench`: put one real HEST-Bench task into `resources/hest-bench/<TASK>/`.
 
-The hub repository `MahmoodLab/hest-bench` holds each task at its top level
+The synthetic tasks of the demo are written by `mint synth bench`. The hub repository
+`MahmoodLab/hest-bench` holds each task at its top level
 (`<TASK>/adata/*.h5ad`, `<TASK>/patches/*.h5`, `<TASK>/splits/{train,test}_k.csv`,
-`<TASK>/var_50genes.json`; model weights live apart in `fm_v1/`), so downloading
-`allow_patterns=["<TASK>/*"]` into the bench folder gives the layout directly. Zip archives, if
-any, are extracted in place. The result is checked: every file named by a split must exist,
+`<TASK>/var_50genes.json`, named in `mint.hest.layout`; model weights live apart in `fm_v1/`),
+so downloading `allow_patterns=["<TASK>/*"]` into the bench folder gives the layout directly,
+with the retry policy of `mint.hest.hub`. Zip archives, if any, are extracted in place. The result is checked: every file named by a split must exist,
 and `splits/` must hold only the train/test pairs (the benchmark counts its files to get the
 number of folds).
 """
@@ -12,29 +13,22 @@ number of folds).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import re
 import shutil
-import time
 import zipfile
 from pathlib import Path
 
 import pandas as pd
 
 from mint.errors import MintError, one_line
-from mint.hest.download import HubUnreachable, is_network_error, watch_hub_log
+from mint.hest import hub, layout
 from mint.safe import check_inside
 
 log = logging.getLogger(__name__)
 
 BENCH_REPO_ID = "MahmoodLab/hest-bench"
-_sleep = time.sleep  # replaced in tests
-
-
-def hub_patterns(task: str) -> list[str]:
-    return [f"{task}/*"]
 
 
 def _extract_zips(task_dir: Path) -> None:
@@ -53,23 +47,23 @@ def _extract_zips(task_dir: Path) -> None:
 def check_task(task_dir: str | os.PathLike, task: str) -> int:
     """Validate a bench task folder; returns the number of folds. MintError naming the file."""
     d = Path(task_dir)
-    for sub in ("adata", "patches", "splits"):
+    for sub in layout.BENCH_DIRS:
         if not (d / sub).is_dir():
             raise MintError(f"{task} {d / sub}: missing bench folder")
-    genes = d / "var_50genes.json"
+    genes = d / layout.BENCH_GENES
     if not genes.is_file() or genes.stat().st_size == 0:
         raise MintError(f"{task} {genes}: missing gene list")
-    names = sorted(p.name for p in (d / "splits").iterdir())
-    pat = re.compile(r"^(train|test)_(\d+)\.csv$")
+    names = sorted(p.name for p in (d / layout.BENCH_SPLITS_DIR).iterdir())
+    pat = re.compile(layout.BENCH_SPLIT_RE)
     bad = [n for n in names if not pat.match(n)]
     if bad:
         raise MintError(
-            f"{task} {d / 'splits' / bad[0]}: unexpected file in splits/ (the fold count is the file count / 2)"
+            f"{task} {d / layout.BENCH_SPLITS_DIR / bad[0]}: unexpected file in splits/ (the fold count is the file count / 2)"
         )
     n_folds = len(names) // 2
     for k in range(n_folds):
-        for kind in ("train", "test"):
-            f = d / "splits" / f"{kind}_{k}.csv"
+        for kind in layout.BENCH_SPLIT_KINDS:
+            f = d / layout.bench_split(kind, k)
             if not f.is_file():
                 raise MintError(f"{task} {f}: missing split file")
             try:
@@ -87,7 +81,7 @@ def check_task(task_dir: str | os.PathLike, task: str) -> int:
                             f"{r['sample_id']} {p}: missing or empty bench file (task {task})"
                         )
     if n_folds == 0:
-        raise MintError(f"{task} {d / 'splits'}: no splits")
+        raise MintError(f"{task} {d / layout.BENCH_SPLITS_DIR}: no splits")
     return n_folds
 
 
@@ -98,55 +92,23 @@ def download_hub(
     retries: int = 3,
     backoff_s: float = 10.0,
 ) -> Path:
-    import huggingface_hub
-
+    """Fetch one task from the hub into `out_dir/<task>`, extract its zips and check it."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    last: Exception | None = None
-    for attempt in range(1, max(1, retries) + 1):
-        try:
-            with watch_hub_log() as hub_warnings:
-                huggingface_hub.snapshot_download(
-                    repo_id=repo_id,
-                    repo_type="dataset",
-                    local_dir=str(out),
-                    allow_patterns=hub_patterns(task),
-                    token=os.environ.get("HF_TOKEN") or False,  # HF_TOKEN only, no fallback
-                )
-            unreachable = [m for m in hub_warnings if "cannot be accessed" in m]
-            if unreachable:
-                raise HubUnreachable(unreachable[0])
-            _extract_zips(out / task)
-            check_task(out / task, task)
-            return out / task
-        except MintError as exc:
-            last = exc
-        except Exception as exc:  # noqa: BLE001
-            if type(exc).__name__ in {"GatedRepoError", "RepositoryNotFoundError"}:
-                raise MintError(
-                    f"{task} {repo_id}: no access ({type(exc).__name__}); export HF_TOKEN with a read token"
-                ) from None
-            last = exc
-        if attempt < retries:
-            wait = min(backoff_s * 2 ** (attempt - 1), 300.0)
-            log.warning(
-                "%s: download failed (%s: %s); retrying in %.0f s",
-                task,
-                type(last).__name__,
-                one_line(last),
-                wait,
-            )
-            _sleep(wait)
-    if isinstance(last, MintError):
-        raise last
-    kind = (
-        "network error, the hub could not be reached"
-        if (isinstance(last, HubUnreachable) or is_network_error(last))
-        else "download failed"
-    )
-    raise MintError(
-        f"{task} {repo_id}: {kind} after {retries} attempts "
-        f"({type(last).__name__}: {one_line(last, 200)})"
+
+    def check() -> Path:
+        _extract_zips(out / task)
+        check_task(out / task, task)
+        return out / task
+
+    return hub.snapshot(
+        task,
+        repo_id,
+        out,
+        layout.bench_hub_patterns(task),
+        check,
+        retries=retries,
+        backoff_s=backoff_s,
     )
 
 
@@ -174,9 +136,7 @@ def download_local(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from mint.synth.cli import add_size_arguments
-
-    parser.add_argument("--source", choices=["hub", "local", "synthetic"], required=True)
+    parser.add_argument("--source", choices=["hub", "local"], required=True)
     parser.add_argument("--task", required=True, help="bench task, e.g. IDC or SYNTH_VISIUM")
     parser.add_argument("--out-dir", default="resources/hest-bench")
     parser.add_argument("--repo-id", default=BENCH_REPO_ID)
@@ -187,7 +147,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--copy", action="store_true", help="copy instead of symlink (source local)"
     )
     parser.add_argument("--retries", type=int, default=3)
-    add_size_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -196,15 +155,10 @@ def run(args: argparse.Namespace) -> int:
     get_task(args.source, args.task)  # unknown task -> one clear line
     if args.source == "hub":
         dest = download_hub(args.task, args.out_dir, repo_id=args.repo_id, retries=args.retries)
-    elif args.source == "local":
+    else:
         if not args.local_dir:
             raise MintError(f"{args.task} --local-dir: required for source local")
         dest = download_local(args.task, args.local_dir, args.out_dir, copy=args.copy)
-    else:
-        from mint.synth.cli import config_from_args
-        from mint.synth.hest import generate_bench
-
-        dest = generate_bench(args.out_dir, args.task, **dataclasses.asdict(config_from_args(args)))
     n = check_task(dest, args.task)
     log.info("bench task %s ready in %s (%d folds)", args.task, dest, n)
     return 0

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mint.errors import MintError, one_line, show
+from mint.errors import MintError, one_line
 from mint.safe import check_name
 
 REQUIRED_COLUMNS: list[str] = [
@@ -114,20 +114,6 @@ def sample_row(df: pd.DataFrame, sample_id: str) -> pd.Series:
         src = df.attrs.get("path", "metadata")
         raise MintError(f"{sample_id} {src}: unknown sample id")
     return df.loc[hit[0]]
-
-
-def pixel_size_of(row: pd.Series) -> float:
-    """`pixel_size_um_estimated` of a row, checked (MintError naming the sample otherwise)."""
-    try:
-        v = float(row["pixel_size_um_estimated"])
-    except (TypeError, ValueError):
-        v = float("nan")
-    if not v > 0:
-        raise MintError(
-            f"{row['id']} metadata: invalid pixel_size_um_estimated "
-            f"{show(row['pixel_size_um_estimated'])}"
-        )
-    return v
 
 
 def level_of(technology: str) -> str:

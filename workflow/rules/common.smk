@@ -22,12 +22,14 @@ from mint.config import (
     train_run_params,
 )
 from mint.errors import MintError
+from mint.hest import layout
 from mint.hest.bench import bench_tasks
 from mint.hest.metadata import level_of, read_metadata
 from mint.hest.select import SelectionConfig, select_samples
 from mint.safe import check_name, model_key
 from mint.synth.hest import synthetic_metadata
 from mint.synth.pretrain import pretrain_config
+from mint.synth.specs import SynthConfig
 from mint.train.preempt import preemption_count
 from snakemake.settings.types import DeploymentMethod
 
@@ -86,25 +88,12 @@ def pinned(path):
 # ---------------------------------------------------------------- metadata and samples
 SOURCE = config["hest"]["source"]
 SYNTH = config["synthetic"]
-SYNTH_ARGS = opts(
-    opt("--seed", SYNTH["seed"]),
-    opt("--n-visium", SYNTH["n_visium"]),
-    opt("--n-st", SYNTH["n_st"]),
-    opt("--n-xenium", SYNTH["n_xenium"]),
-    opt("--slide-size-um", SYNTH["slide_size_um"]),
-    opt("--n-genes", SYNTH["n_genes"]),
-)
+SYNTH_CONFIG = SynthConfig.from_config(SYNTH)
+SYNTH_ARGS = opts(*(opt(flag, v) for flag, v in SYNTH_CONFIG.cli_flags().items()))
 
 if SOURCE == "synthetic":
-    METADATA_CSV = f"{HEST}/HEST_metadata.csv"
-    METADATA = synthetic_metadata(
-        seed=SYNTH["seed"],
-        n_visium=SYNTH["n_visium"],
-        n_st=SYNTH["n_st"],
-        n_xenium=SYNTH["n_xenium"],
-        slide_size_um=SYNTH["slide_size_um"],
-        n_genes=SYNTH["n_genes"],
-    )
+    METADATA_CSV = f"{HEST}/{layout.METADATA_CSV}"
+    METADATA = synthetic_metadata(SYNTH_CONFIG)
 else:
     METADATA_CSV = project_path(config["hest"]["metadata_csv"])
     METADATA = read_metadata(METADATA_CSV)
@@ -378,6 +367,19 @@ def bench_source_args():
 
 
 # ---------------------------------------------------------------- tiles
+# HEST file names come from mint.hest.layout only (download outputs, tile inputs, report).
+XENIUM_CELLS = config["tile"]["xenium_target"] == "cells"
+
+
+def hest_file(key, sample="{sample}"):
+    """A file of one sample in the HEST folder (`key` from layout.SAMPLE_FILES)."""
+    return layout.sample_file(key, sample, HEST)
+
+
+def hest_files(patch_level, sample="{sample}"):
+    """{key: path} of every file a sample's download writes and its tile job reads."""
+    keys = layout.sample_keys(patch_level, cell_seg=XENIUM_CELLS)
+    return {k: hest_file(k, sample) for k in keys}
 
 
 def tile_inputs(wildcards):
@@ -385,17 +387,8 @@ def tile_inputs(wildcards):
     tissue contours; for Xenium the transcripts and (cell targets) the cell segmentation.
     """
     s = wildcards.sample
-    inputs = {
-        "wsi": f"{HEST}/wsis/{s}.tif",
-        "st": f"{HEST}/st/{s}.h5ad",
-        "meta": f"{HEST}/metadata/{s}.json",
-        "contours": f"{HEST}/tissue_seg/{s}_contours.geojson",
-        "metadata": pinned(METADATA_CSV),
-    }
-    if s in XENIUM_SAMPLES:
-        inputs["transcripts"] = f"{HEST}/transcripts/{s}_transcripts.parquet"
-        if config["tile"]["xenium_target"] == "cells":
-            inputs["cell_seg"] = f"{HEST}/xenium_seg/{s}_xenium_cell_seg.parquet"
+    inputs = hest_files(s in XENIUM_SAMPLES, s)
+    inputs["metadata"] = pinned(METADATA_CSV)
     return inputs
 
 
@@ -475,8 +468,8 @@ def report_inputs(wildcards):
         ),
         "metrics": expand("results/models/{run}/metrics.csv", run=RUNS),
         "shards": "results/shards",
-        "wsi": f"{HEST}/wsis/{EXAMPLE_SAMPLE}.tif",
-        "st": f"{HEST}/st/{EXAMPLE_SAMPLE}.h5ad",
+        "wsi": hest_file("wsi", EXAMPLE_SAMPLE),
+        "st": hest_file("st", EXAMPLE_SAMPLE),
         "metadata": pinned(METADATA_CSV),
     }
     if config["eva"]["enabled"]:

@@ -1,6 +1,28 @@
 # Stage `download`: one job per selected HEST-1k sample, plus one per HEST-Bench task.
+# Real data (hub, local) comes through `mint download` / `mint download-bench`; the synthetic
+# source (the demo) is written by `mint synth`, into the same files: the rules and their
+# outputs are the same for every source, only the command differs.
 # The token for the hub is read by `mint download` from HF_TOKEN in the job's environment:
 # it never appears in params, logs or outputs.
+
+if SOURCE == "synthetic":
+    SAMPLE_CMD = (
+        "mint synth samples --out {params.hest} --samples {wildcards.sample} "
+        "{params.extra} 2> {log:q}"
+    )
+else:
+    SAMPLE_CMD = DOWNLOAD_CMD
+
+if BENCH_SOURCE == "synthetic":
+    BENCH_CMD = (
+        "mint synth bench --bench-out {params.bench} --bench-tasks {wildcards.task} "
+        "{params.extra} 2> {log:q}"
+    )
+else:
+    BENCH_CMD = (
+        "mint download-bench --source {params.source} --task {wildcards.task} "
+        "--out-dir {params.bench} {params.extra} 2> {log:q}"
+    )
 
 
 if SOURCE == "synthetic":
@@ -20,17 +42,14 @@ if SOURCE == "synthetic":
             hest=folder_of(0, of="output"),
             synth=SYNTH_ARGS,
         shell:
-            "mint synth --metadata-only --out {params.hest} {params.synth} 2> {log:q}"
+            "mint synth metadata --out {params.hest} {params.synth} 2> {log:q}"
 
 
 rule download_sample:
     input:
         pinned(METADATA_CSV),
     output:
-        wsi=f"{HEST}/wsis/{{sample}}.tif",
-        st=f"{HEST}/st/{{sample}}.h5ad",
-        meta=f"{HEST}/metadata/{{sample}}.json",
-        contours=f"{HEST}/tissue_seg/{{sample}}_contours.geojson",
+        **hest_files(patch_level=False),
     log:
         "logs/download/{sample}.log",
     wildcard_constraints:
@@ -51,32 +70,21 @@ rule download_sample:
         source=q(SOURCE),
         extra=download_source_args(),
     shell:
-        DOWNLOAD_CMD
+        SAMPLE_CMD
 
 
 # Xenium samples also bring their transcripts and (cell targets) the cell segmentation, which
 # tiling reads: declared, so a missing or updated file is fetched again and re-tiled.
-XENIUM_CELLS = config["tile"]["xenium_target"] == "cells"
-
-
 use rule download_sample as download_xenium_sample with:
     output:
-        **(
-            {"cell_seg": f"{HEST}/xenium_seg/{{sample}}_xenium_cell_seg.parquet"}
-            if XENIUM_CELLS
-            else {}
-        ),
-        wsi=f"{HEST}/wsis/{{sample}}.tif",
-        st=f"{HEST}/st/{{sample}}.h5ad",
-        meta=f"{HEST}/metadata/{{sample}}.json",
-        contours=f"{HEST}/tissue_seg/{{sample}}_contours.geojson",
-        transcripts=f"{HEST}/transcripts/{{sample}}_transcripts.parquet",
+        **hest_files(patch_level=True),
     wildcard_constraints:
         sample=one_of(XENIUM_SAMPLES),
     params:
         hest=folder_of("wsi", up=2, of="output"),
         source=SOURCE,
-        extra=download_source_args() + ("" if XENIUM_CELLS else " --no-cell-seg"),
+        extra=download_source_args()
+        + ("" if XENIUM_CELLS or SOURCE == "synthetic" else " --no-cell-seg"),
 
 
 rule download_bench_task:
@@ -95,16 +103,15 @@ rule download_bench_task:
         source=q(BENCH_SOURCE),
         extra=bench_source_args(),
     shell:
-        "mint download-bench --source {params.source} --task {wildcards.task} "
-        "--out-dir {params.bench} {params.extra} 2> {log:q}"
+        BENCH_CMD
 
 
 rule download:
     input:
-        expand(f"{HEST}/wsis/{{sample}}.tif", sample=SAMPLES),
-        expand(f"{HEST}/st/{{sample}}.h5ad", sample=SAMPLES),
+        expand(hest_file("wsi"), sample=SAMPLES),
+        expand(hest_file("st"), sample=SAMPLES),
         expand(
-            f"{HEST}/transcripts/{{sample}}_transcripts.parquet",
+            hest_file("transcripts"),
             sample=[s for s in SAMPLES if s in XENIUM_SAMPLES],
         ),
 
