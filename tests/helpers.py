@@ -10,11 +10,12 @@ import os
 import re
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from mint.hest.layout import METADATA_CSV, sample_file
 from mint.synth.hest import SynthConfig, generate_sample
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,17 +103,17 @@ def write_hest(
     root: Path, sample_ids: tuple[str, ...], cfg: SynthConfig = SMALL_HEST
 ) -> HestFolder:
     """Write `sample_ids` in HEST layout under `root` with the synthetic writer, and the
-    metadata CSV of those samples (from their metadata/{id}.json) as `root/HEST_metadata.csv`."""
+    metadata CSV of those samples (from their metadata JSON files) as `root/HEST_metadata.csv`."""
     # Quiet: a handler an earlier CLI call left on the mint logger may hold a closed stream.
     previous = logging.root.manager.disable
     logging.disable(logging.INFO)
     try:
         for sid in sample_ids:
-            generate_sample(sid, root, **asdict(cfg))
+            generate_sample(sid, root, cfg)
     finally:
         logging.disable(previous)
-    rows = [json.loads((root / "metadata" / f"{sid}.json").read_text()) for sid in sample_ids]
-    metadata = root / "HEST_metadata.csv"
+    rows = [json.loads(Path(sample_file("meta", sid, root)).read_text()) for sid in sample_ids]
+    metadata = root / METADATA_CSV
     pd.DataFrame(rows).to_csv(metadata, index=False)
     return HestFolder(root, metadata, tuple(sample_ids))
 
