@@ -33,6 +33,16 @@ def check_name(value: object, what: str, source: str) -> str:
     return value
 
 
+def model_key(spec: str) -> str:
+    """The results key of a backbone spec (`timm:vit_base@/ckpt/w.safetensors` ->
+    `timm_vit_base_ckpt_w.safetensors`): runs of characters outside the safe set become one '_'.
+
+    The workflow names `results/bench/{model}/` and `results/eva/{model}/` with it and
+    `mint eva` falls back to it without `--model-name`, so both must compute the same key.
+    """
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", spec).strip("_.-")
+
+
 def check_inside(path: str | Path, root: str | Path, what: str) -> Path:
     """Resolve `path` and refuse it unless it lies inside `root` (symlinks resolved)."""
     resolved = Path(path).resolve()

@@ -1,64 +1,19 @@
-"""Shared fixtures: the repository root, a Snakemake runner and one demo run per session.
+"""Shared fixtures: the repository root, one demo run per session, the pinned HEST metadata,
+small synthetic HEST folders and toy training shards.
 
-The demo DAG runs once (it takes minutes on 2 cores) in a temporary working directory, the
-way a user runs the workflow from any folder; every end-to-end test reads that run.
+Test files use these as fixtures and never import this file; plain helpers (the Snakemake
+runner, the HEST-folder writer) are in tests/helpers.py.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import REPO, SMALL_HEST, HestFolder, run_snakemake, write_hest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-
-
-def snakemake_env() -> dict[str, str]:
-    env = dict(os.environ)
-    bin_dir = str(Path(sys.executable).parent)
-    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env.setdefault("MKL_NUM_THREADS", "1")
-    env["MINT_NO_PROGRESS"] = "1"
-    env["HF_HUB_OFFLINE"] = "1"
-    env.pop("HF_TOKEN", None)
-    return env
-
-
-def run_snakemake(
-    args: list[str], workdir: Path, check: bool = True, timeout: float = 1800
-) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(workdir),
-        *args,
-    ]
-    proc = subprocess.run(
-        cmd, cwd=workdir, env=snakemake_env(), capture_output=True, text=True, timeout=timeout
-    )
-    if check and proc.returncode != 0:
-        logs = ""
-        log_dir = workdir / "logs"
-        if log_dir.exists():
-            for f in sorted(log_dir.rglob("*.log")):
-                text = f.read_text(errors="replace")
-                if "rror" in text:
-                    logs += f"\n--- {f}\n{text[-3000:]}"
-        raise AssertionError(
-            f"snakemake {' '.join(args)} failed ({proc.returncode})\n"
-            f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}{logs}"
-        )
-    return proc
+from mint.synth.hest import SynthConfig
 
 
 @pytest.fixture(scope="session")
@@ -84,8 +39,35 @@ def hest_csv() -> Path:
     return path
 
 
-def has_shared_csv() -> bool:
-    return (SHARED / "data" / "HEST_v1_1_0.csv").exists()
+@pytest.fixture(scope="session")
+def _hest_cache(tmp_path_factory) -> dict:
+    return {"root": tmp_path_factory.mktemp("hest_cache")}
 
 
-__all__ = ["REPO", "SHARED", "run_snakemake", "snakemake_env", "shutil", "has_shared_csv"]
+@pytest.fixture
+def hest_folder(tmp_path, _hest_cache):
+    """The one factory of HEST-1k folders for tests: `hest_folder(["SYNX000"])` writes those
+    synthetic samples (the demo's writer, `SMALL_HEST` sizes unless `cfg` is given) once per
+    session and hands each test its own copy under tmp_path, free to damage."""
+
+    def make(sample_ids, cfg: SynthConfig = SMALL_HEST, name: str = "HEST") -> HestFolder:
+        key = (tuple(sample_ids), cfg)
+        if key not in _hest_cache:
+            cached = _hest_cache["root"] / str(len(_hest_cache))
+            _hest_cache[key] = write_hest(cached, tuple(sample_ids), cfg)
+        src = _hest_cache[key]
+        dest = tmp_path / name
+        shutil.copytree(src.root, dest)
+        return HestFolder(dest, dest / src.metadata.name, src.sample_ids)
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def shards(request, tmp_path_factory) -> Path:
+    """Toy training shards (`mint.train.toy.write_toy_shards`), written once per test module;
+    the module's `TOY_SHARDS` dict (keyword arguments of the writer) sets their size."""
+    from mint.train.toy import write_toy_shards
+
+    kw = getattr(request.module, "TOY_SHARDS", {})
+    return write_toy_shards(tmp_path_factory.mktemp("toy"), **kw)

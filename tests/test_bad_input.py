@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from test_download import HUB_FILES, FakeHub
+from test_download import FakeHub
 from test_vocab_shards import write_tile
 
 from mint.cli import main
@@ -59,24 +60,17 @@ def _meta(path: Path, ids: list[str], tech: str = "Visium") -> Path:
     return path
 
 
-def _local(root: Path, files=HUB_FILES) -> Path:
-    for rel in files:
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(b"content of " + rel.encode())
-    return root
-
-
 @pytest.mark.parametrize("bad", ["../../../ESCAPED", "a b", "-x", ".."])
-def test_bad_input_unsafe_sample_id_never_escapes(tmp_path, capsys, bad):
+def test_bad_input_unsafe_sample_id_never_escapes(tmp_path, capsys, bad, hest_folder):
     """An id such as '../../../ESCAPED' in the metadata, or on the command line, is refused
     before any file is read or written: nothing appears anywhere under the test folder."""
     work = tmp_path / "a" / "b" / "c"
     work.mkdir(parents=True)
-    src = _local(tmp_path / "HEST")
-    meta = _meta(work / "meta.csv", ["MEND139", bad])
+    src = hest_folder(["SYNV000"]).root
+    meta = _meta(work / "meta.csv", ["SYNV000", bad])
     before = _tree(tmp_path)
     args = ["download", "--source", "local", "--local-dir", str(src), "--metadata", str(meta)]
-    rc = main([*args, "--sample", "MEND139", "--out-dir", str(work / "hest")])
+    rc = main([*args, "--sample", "SYNV000", "--out-dir", str(work / "hest")])
     err = _one_line_error(capsys)
     assert rc == 2 and repr(bad) in err and f"{meta} line 3" in err
     rc = main([*args, f"--sample={bad}", "--out-dir", str(work / "hest")])
@@ -142,33 +136,34 @@ def test_bad_input_bench_zip_member_cannot_escape(tmp_path):
 
 
 @pytest.mark.parametrize("missing", ["xenium_seg", "tissue_seg"])
-def test_bad_input_download_requires_segmentation_and_contours(tmp_path, capsys, missing):
+def test_bad_input_download_requires_segmentation_and_contours(
+    tmp_path, capsys, missing, hest_folder
+):
     """Cell targets need the Xenium segmentation, every tile job the contours: a local HEST
     folder without them stops at download, naming the file; --no-cell-seg (transcript
     targets) makes the segmentation optional."""
-    files = [f for f in HUB_FILES if not f.startswith(missing)]
-    src = _local(tmp_path / "HEST", files)
-    meta = _meta(tmp_path / "meta.csv", ["TENX95"], tech="Xenium")
+    hest = hest_folder(["SYNX000"])
+    shutil.rmtree(hest.root / missing)
     out = tmp_path / "out"
-    args = ["download", "--source", "local", "--sample", "TENX95", "--local-dir", str(src)]
-    args += ["--metadata", str(meta), "--out-dir", str(out)]
+    args = ["download", "--source", "local", "--sample", "SYNX000", "--local-dir", str(hest.root)]
+    args += ["--metadata", str(hest.metadata), "--out-dir", str(out)]
     rc = main(args)
     err = _one_line_error(capsys)
-    assert rc == 2 and "TENX95" in err and missing in err
+    assert rc == 2 and "SYNX000" in err and missing in err
     assert not out.exists()
     if missing == "xenium_seg":
         assert main([*args, "--no-cell-seg"]) == 0
 
 
-def test_bad_input_killed_copy_leaves_no_orphan(tmp_path):
+def test_bad_input_killed_copy_leaves_no_orphan(tmp_path, hest_folder):
     """A copy killed mid-way leaves a temporary name; the rerun removes it."""
-    src = _local(tmp_path / "HEST")
+    src = hest_folder(["SYNV000"]).root
     out = tmp_path / "out"
-    orphan = out / "wsis" / ".MEND139.k1ll3d_x.tmp.tif"
+    orphan = out / "wsis" / ".SYNV000.k1ll3d_x.tmp.tif"
     orphan.parent.mkdir(parents=True)
     orphan.write_bytes(b"half a slide")
-    download.download_local("MEND139", "Visium", src, out, copy=True)
-    assert sorted(p.name for p in (out / "wsis").iterdir()) == ["MEND139.tif"]
+    download.download_local("SYNV000", "Visium", src, out, copy=True)
+    assert sorted(p.name for p in (out / "wsis").iterdir()) == ["SYNV000.tif"]
 
 
 # --------------------------------------------------------------------------- atomic writes
@@ -264,22 +259,26 @@ def _shard_args(d: Path, vocab: Path, out: Path, samples=("SA", "SB")) -> list[s
 
 
 @pytest.fixture
-def shards(tiles, tmp_path):
+def built_shards(tiles, tmp_path):
+    """Shards written by `mint shards` from `tiles` (index, checksums, QC table), unlike the
+    toy training shards of the `shards` fixture."""
     d, vocab = tiles
     out = tmp_path / "shards"
     assert main(_shard_args(d, vocab, out)) == 0
     return out
 
 
-def test_index_records_counts_sizes_and_checksums(shards):
-    index = json.loads((shards / "index.json").read_text())
+def test_index_records_counts_sizes_and_checksums(built_shards):
+    index = json.loads((built_shards / "index.json").read_text())
     for entry in index["shards"] + index["val_shards"]:
-        path = shards / entry["path"]
+        path = built_shards / entry["path"]
         assert entry["bytes"] == path.stat().st_size and len(entry["sha256"]) == 64
         with tarfile.open(path) as tf:
             assert len({m.name.split(".")[0] for m in tf}) == entry["n"]
-    assert verify_shards(shards / "index.json") == len(index["shards"]) + len(index["val_shards"])
-    qc = pd.read_csv(shards / "qc.tsv", sep="\t")
+    assert verify_shards(built_shards / "index.json") == len(index["shards"]) + len(
+        index["val_shards"]
+    )
+    qc = pd.read_csv(built_shards / "qc.tsv", sep="\t")
     assert list(qc["sample"]) == ["SA", "SB"] and set(qc["status"]) == {"kept"}
 
 
@@ -298,11 +297,11 @@ def _member_boundary(path: Path, sample: int) -> int:
 @pytest.mark.parametrize(
     "damage", ["half", "boundary", "flipped_byte", "boundary_old_index", "inside_old_index"]
 )
-def test_bad_input_damaged_shard_is_named(shards, capsys, damage):
+def test_bad_input_damaged_shard_is_named(built_shards, capsys, damage):
     """A shard cut in half, cut at a member boundary (a valid shorter tar), or with one byte
     changed: `mint shards --verify` names the file in one line. An index written before
     sizes and checksums existed still catches the boundary cut by the sample count."""
-    path = shards / "train-000001.tar"
+    path = built_shards / "train-000001.tar"
     data = path.read_bytes()
     if damage == "half":
         path.write_bytes(data[: len(data) // 2])
@@ -319,11 +318,11 @@ def test_bad_input_damaged_shard_is_named(shards, capsys, damage):
         i = len(data) // 3
         path.write_bytes(data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :])
     if damage.endswith("old_index"):
-        index = json.loads((shards / "index.json").read_text())
+        index = json.loads((built_shards / "index.json").read_text())
         for e in index["shards"] + index["val_shards"]:
             e.pop("bytes"), e.pop("sha256")
-        (shards / "index.json").write_text(json.dumps(index))
-    rc = main(["shards", "--verify", str(shards)])
+        (built_shards / "index.json").write_text(json.dumps(index))
+    rc = main(["shards", "--verify", str(built_shards)])
     err = _one_line_error(capsys)
     assert rc == 2 and str(path) in err
 

@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import yaml
-from conftest import REPO
+from helpers import REPO
 
 from mint.config import check_config, config_problems
 from mint.errors import MintError

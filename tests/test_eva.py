@@ -6,6 +6,7 @@ on the synthetic task is in test_eva_e2e.py."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,14 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import render_eva_config as _render
 
 from mint.errors import MintError
 from mint.eva import render as R
 from mint.eva.tasks import AVERAGE_EXCLUDED, LEADERBOARD_TASKS, TASKS, early_stopping_patience
-
-INFO = R.ModelInfo(
-    embed_dim=64, has_st=False, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), img_size=224
-)
 
 # Runs eva's real CLI (`eva fit|predict --config C --print_config`) on many configs in one
 # process: eva's imports take seconds, so one interpreter for all of them.
@@ -53,20 +51,6 @@ def _fake_synthetic_root(root: Path, n_classes: int = 5, per_split: int = 10) ->
     }
     (d / "classes.json").write_text(json.dumps(manifest))
     return d
-
-
-def _render(tmp_path: Path, task: str, stage: str, **kw) -> dict:
-    opts = R.RenderOptions(
-        task=task,
-        model="tiny-vit",
-        model_name="tiny-vit",
-        stage=stage,
-        output_root=str(tmp_path / "runs" / task),
-        embeddings_root=str(tmp_path / "emb" / task),
-        data_root=str(tmp_path / "data"),
-        **kw,
-    )
-    return R.render_config(opts, INFO)
 
 
 def _writers(cfg: dict) -> list[dict]:
@@ -171,6 +155,24 @@ def test_cli_render_offline_fit_needs_no_model(tmp_path):
     cfg = yaml.safe_load(out.read_text())
     assert cfg["model"]["init_args"]["head"]["init_args"]["in_features"] == 1024
     assert cfg["trainer"]["init_args"]["max_steps"] == 10
+
+
+def test_eva_results_key_is_the_workflows_model_key(tmp_path):
+    """Without --model-name, `mint eva` names results as the workflow does (one function)."""
+    from argparse import Namespace
+
+    from mint.eva.cli import _model_name
+    from mint.safe import model_key
+
+    spec = "timm:vit_small_patch16_224@/ckpt/w.safetensors"
+    assert model_key(spec) == "timm_vit_small_patch16_224_ckpt_w.safetensors"
+    assert _model_name(Namespace(model_name=None, model=spec)) == model_key(spec)
+    assert _model_name(Namespace(model_name="base", model=spec)) == "base"
+    run_dir = tmp_path / "results" / "models" / "run1"
+    run_dir.mkdir(parents=True)
+    assert _model_name(Namespace(model_name=None, model=str(run_dir))) == "run1"
+    smk = (Path(__file__).parents[1] / "workflow" / "rules" / "common.smk").read_text()
+    assert "def model_key" not in smk and re.search(r"from mint\.safe import .*\bmodel_key\b", smk)
 
 
 def test_model_info_without_weights():

@@ -14,16 +14,11 @@ guide sets NORMALIZE_MEAN / NORMALIZE_STD / RESIZE_DIM / IN_FEATURES per model.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from helpers import render_eva_config as _render
 
-from mint.eva import render as R
 from mint.eva.tasks import LEADERBOARD_TASKS, TASKS
 
-INFO = R.ModelInfo(
-    embed_dim=64, has_st=False, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), img_size=224
-)
 MEAN, STD = [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]
 RESIZE_AND_CROP = {
     "class_path": "eva.vision.data.transforms.common.ResizeAndCrop",
@@ -164,19 +159,6 @@ EXPECTED: dict[str, dict] = {
         val_transforms=RESIZE_AND_CROP,
     ),
 }  # fmt: skip
-
-
-def _render(tmp_path: Path, task: str, stage: str) -> dict:
-    opts = R.RenderOptions(
-        task=task,
-        model="tiny-vit",
-        model_name="tiny-vit",
-        stage=stage,
-        output_root=str(tmp_path / "runs" / task),
-        embeddings_root=str(tmp_path / "emb" / task),
-        data_root=str(tmp_path / "data"),
-    )
-    return R.render_config(opts, INFO)
 
 
 def _callback(cfg: dict, suffix: str) -> dict:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO, snakemake_env
+from helpers import REPO, snakemake_env
 from safetensors.torch import load_file
 
 from mint.train.preempt import EXIT_RESUME

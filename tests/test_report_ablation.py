@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -137,7 +138,7 @@ def test_report_shows_shard_qc_with_exclusions_flags_and_val_slides(tmp_path):
     """The QC table of the shards stage reaches the report: an excluded sample with its reason,
     a Visium HD flag and the held-out validation slides."""
     from mint.data.shards import QC_FILE, qc_table
-    from mint.report.html import shards_qc_section
+    from mint.report.sections import shards_qc_section
 
     rows = [
         {"sample": "A1", "technology": "Visium", "modality": "visium", "n_tiles": 10,
@@ -161,3 +162,15 @@ def test_report_shows_shard_qc_with_exclusions_flags_and_val_slides(tmp_path):
     assert "2 samples in the shards, 1 excluded, 1 with QC flags" in page
     assert "no vocabulary gene measured" in page and "unpooled_bins" in page
     assert "(HD3)" in page
+
+
+def test_report_takes_the_average_exclusion_from_the_bench_module():
+    """HCC is left out of the HEST-Bench average by `mint.hest.bench.AVERAGE_EXCLUDED` alone:
+    no report module names the task itself."""
+    from mint.hest.bench import AVERAGE_EXCLUDED
+    from mint.report import sections
+
+    report = Path(sections.__file__).parent
+    for path in sorted(report.glob("*.py")):
+        assert not any(f'"{t}"' in path.read_text() for t in AVERAGE_EXCLUDED), path.name
+    assert sections.EXCLUDED == sorted(AVERAGE_EXCLUDED)

@@ -27,7 +27,6 @@ from mint.train.dino import (
 )
 from mint.train.losses import FrozenAnchor, anchor_loss, masked_mse
 from mint.train.optim import WarmupCosine
-from mint.train.toy import write_toy_shards
 from mint.train.trainer import MintTrainer
 
 torch.set_num_threads(1)
@@ -45,10 +44,8 @@ SMALL = {
 }
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    d = tmp_path_factory.mktemp("toy")
-    return write_toy_shards(d, n_train=48, n_val=10, samples_per_shard=8, image_size=64)
+# the size of this module's `shards` fixture (tests/conftest.py)
+TOY_SHARDS = dict(n_train=48, n_val=10, samples_per_shard=8, image_size=64)
 
 
 # -- config ---------------------------------------------------------------------------------

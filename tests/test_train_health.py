@@ -21,7 +21,6 @@ from mint.train.config import TrainConfig
 from mint.train.data import TrainStream, ValStream, read_index
 from mint.train.export import timm_state_dict
 from mint.train.metrics import METRIC_COLUMNS, health_report
-from mint.train.toy import write_toy_shards
 from mint.train.trainer import MintTrainer, train
 
 torch.set_num_threads(1)
@@ -56,10 +55,8 @@ def demo_dino_settings() -> dict:
     return {k: defaults[k] for k in DINO_KEYS if k in defaults}
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    d = tmp_path_factory.mktemp("toy_health")
-    return write_toy_shards(d, n_train=64, n_val=16, samples_per_shard=16, image_size=64)
+# the size of this module's `shards` fixture (tests/conftest.py)
+TOY_SHARDS = dict(n_train=64, n_val=16, samples_per_shard=16, image_size=64)
 
 
 def run_steps(cfg: TrainConfig, index, vit) -> tuple[MintTrainer, list[dict]]:

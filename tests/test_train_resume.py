@@ -23,7 +23,6 @@ from mint.cli import main
 from mint.train.checkpoint import latest_checkpoint
 from mint.train.config import TrainConfig
 from mint.train.preempt import EXIT_RESUME, StopSignals
-from mint.train.toy import write_toy_shards
 from mint.train.trainer import train
 
 torch.set_num_threads(1)
@@ -50,10 +49,8 @@ PARAMS = {
 }
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    d = tmp_path_factory.mktemp("toy_resume")
-    return write_toy_shards(d, n_train=40, n_val=8, samples_per_shard=8, image_size=64)
+# the size of this module's `shards` fixture (tests/conftest.py)
+TOY_SHARDS = dict(n_train=40, n_val=8, samples_per_shard=8, image_size=64)
 
 
 @pytest.fixture(scope="module")

@@ -14,24 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from conftest import REPO, run_snakemake, snakemake_env
-
-
-def job_counts(stdout: str) -> dict[str, int]:
-    """Parse Snakemake's 'Job stats' table into {rule: count}."""
-    counts: dict[str, int] = {}
-    in_table = False
-    for line in stdout.splitlines():
-        if line.startswith("Job stats:"):
-            in_table = True
-            continue
-        if in_table:
-            m = re.match(r"^(\S+)\s+(\d+)\s*$", line.strip())
-            if m and m.group(1) != "total":
-                counts[m.group(1)] = int(m.group(2))
-            elif line.strip().startswith("total"):
-                break
-    return counts
+from helpers import REPO, job_counts, run_snakemake, snakemake_env
 
 
 def write_config(tmp_path: Path, base: str, **overrides) -> Path:

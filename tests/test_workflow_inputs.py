@@ -12,7 +12,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import REPO, run_snakemake, snakemake_env
+from helpers import REPO, run_snakemake, snakemake_env
 
 
 def _config(tmp_path, base="demo.yaml", **sections):

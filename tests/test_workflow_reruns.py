@@ -9,8 +9,7 @@ import time
 
 import pytest
 import yaml
-from conftest import REPO, run_snakemake
-from test_workflow import job_counts
+from helpers import REPO, job_counts, run_snakemake
 
 
 @pytest.fixture

@@ -360,7 +360,7 @@ def train_stats(
     return stats
 
 
-def bench_sample_ids(bench_dir: Path, tasks: list[str]) -> set[str]:
+def bench_dir_sample_ids(bench_dir: Path, tasks: list[str]) -> set[str]:
     """Sample ids of HEST-Bench tasks from their ``adata/`` and ``patches/`` file names."""
     ids: set[str] = set()
     for task in tasks:
@@ -568,7 +568,7 @@ def run(args: argparse.Namespace) -> int:
 
     exclude = None
     if args.bench_dir is not None and args.bench_tasks:
-        exclude = bench_sample_ids(args.bench_dir, list(args.bench_tasks))
+        exclude = bench_dir_sample_ids(args.bench_dir, list(args.bench_tasks))
     write_shards(
         list(args.tiles),
         args.vocab_dir,
@@ -591,5 +591,5 @@ __all__ = [
     "plan",
     "targets_on_vocab",
     "sample_key",
-    "bench_sample_ids",
+    "bench_dir_sample_ids",
 ]

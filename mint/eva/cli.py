@@ -19,6 +19,7 @@ import logging
 from pathlib import Path
 
 from mint.errors import MintError
+from mint.safe import model_key
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +123,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _model_name(args) -> str:
+    """The results key: --model-name, else a model folder's name, else the workflow's key."""
     if args.model_name:
         return args.model_name
     path = Path(args.model)
-    return path.name if path.is_dir() else args.model.replace("/", "_").replace(":", "_")
+    return path.name if path.is_dir() else model_key(args.model)
 
 
 def _overrides(args) -> dict:

@@ -241,17 +241,17 @@ def fields_used(node: Any) -> set[str]:
     return set()
 
 
-def substitute(node: Any, values: dict[str, Any], where: str) -> Any:
+def substitute(node: Any, values: dict[str, Any]) -> Any:
     """Replace `{{ field }}` strings; `_OMIT` values delete their key or list item."""
     if isinstance(node, dict):
         out = {}
         for key, val in node.items():
-            new = substitute(val, values, where)
+            new = substitute(val, values)
             if new is not _OMIT:
                 out[key] = new
         return out
     if isinstance(node, list):
-        return [v for v in (substitute(x, values, where) for x in node) if v is not _OMIT]
+        return [v for v in (substitute(x, values) for x in node) if v is not _OMIT]
     if isinstance(node, str):
         whole = _FIELD.fullmatch(node.strip())
         if whole:
@@ -409,7 +409,7 @@ def render_config(opts: RenderOptions, info: ModelInfo | None = None) -> dict:
     if unknown:
         raise MintError(f"eva task {task.name}: template field {{{{ {unknown[0]} }}}} is unknown")
     values = {name: makers[name]() for name in sorted(used)}
-    cfg = substitute(cfg, values, task.name)
+    cfg = substitute(cfg, values)
     _fix_dataloaders(cfg, opts)
     return cfg
 

@@ -161,8 +161,3 @@ def load_leaderboard(headline_only: bool = True) -> pd.DataFrame:
     out["average"] = out[core].mean(axis=1)
     out["n_tasks"] = len(core)
     return out.sort_values("average", ascending=False).reset_index(drop=True)
-
-
-def find_inputs(root: str | os.PathLike) -> list[Path]:
-    """Every results/eva/<model>/<task>/status.json under `root` (for manual use)."""
-    return sorted(Path(root).glob(f"*/*/{STATUS}"))

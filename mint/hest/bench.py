@@ -61,11 +61,6 @@ def bench_tasks(source: str) -> dict[str, BenchTask]:
     raise MintError(f"unknown source {source!r} (expected hub, local or synthetic)")
 
 
-def bench_sample_ids(source: str) -> set[str]:
-    """Every sample id used by any bench task of `source`."""
-    return {s for t in bench_tasks(source).values() for s in t.sample_ids}
-
-
 def get_task(source: str, name: str) -> BenchTask:
     tasks = bench_tasks(source)
     if name not in tasks:

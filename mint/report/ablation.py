@@ -26,6 +26,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from mint.hest.bench import AVERAGE_EXCLUDED  # noqa: E402
+
 log = logging.getLogger(__name__)
 
 PACKAGES = (
@@ -139,8 +141,6 @@ def _avg(results: list[ProbeResult], model: str, variant: str, tasks: list[str])
 
 
 def averaged_tasks(results: list[ProbeResult]) -> list[str]:
-    from mint.hest.bench import AVERAGE_EXCLUDED
-
     return sorted({r.task for r in results if r.task not in AVERAGE_EXCLUDED})
 
 
@@ -282,7 +282,7 @@ def leaderboard_with_ours(
     from mint.bench.summary import load_leaderboard
 
     lb = load_leaderboard()
-    lb_tasks = [c for c in lb.columns if c not in {"model", "average", "HCC"}]
+    lb_tasks = [c for c in lb.columns if c not in {"model", "average", *AVERAGE_EXCLUDED}]
     ours_tasks = averaged_tasks(results)
     comparable = set(ours_tasks) == set(lb_tasks)
     table = lb[["model", "average"]].copy()

@@ -25,7 +25,7 @@ from mint.hest import layout
 from mint.hest.bench import bench_tasks
 from mint.hest.metadata import level_of, read_metadata
 from mint.hest.select import SelectionConfig, select_samples
-from mint.safe import check_name
+from mint.safe import check_name, model_key
 from mint.settings import opt, opts, q, stage_opts
 from mint.synth.hest import synthetic_metadata
 from mint.synth.specs import SynthConfig
@@ -119,11 +119,6 @@ for _task in BENCH_TASKS:
 
 # ---------------------------------------------------------------- models
 # base_model and extra_models are checked in the Snakefile (mint.config.check_open_sections).
-
-
-def model_key(spec):
-    """A file-system-safe key for a backbone spec such as `timm:vit_base@/ckpt/w.safetensors`."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", spec).strip("_.-")
 
 
 # The demo pretrains its own base model (stage `pretrain`): the checkpoint then loads through

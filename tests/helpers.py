@@ -1,0 +1,139 @@
+"""Helpers shared by the test files (imported as `from helpers import ...`; fixtures live in
+conftest.py and are never imported): the repository paths, the Snakemake runner, the parser of
+Snakemake's job table, and the writer of small synthetic HEST folders the fixtures build on."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from mint.hest.layout import METADATA_CSV, sample_file
+from mint.synth.hest import SynthConfig, generate_sample
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def snakemake_env() -> dict[str, str]:
+    env = dict(os.environ)
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("MKL_NUM_THREADS", "1")
+    env["MINT_NO_PROGRESS"] = "1"
+    env["HF_HUB_OFFLINE"] = "1"
+    env.pop("HF_TOKEN", None)
+    return env
+
+
+def run_snakemake(
+    args: list[str], workdir: Path, check: bool = True, timeout: float = 1800
+) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        *args,
+    ]
+    proc = subprocess.run(
+        cmd, cwd=workdir, env=snakemake_env(), capture_output=True, text=True, timeout=timeout
+    )
+    if check and proc.returncode != 0:
+        logs = ""
+        log_dir = workdir / "logs"
+        if log_dir.exists():
+            for f in sorted(log_dir.rglob("*.log")):
+                text = f.read_text(errors="replace")
+                if "rror" in text:
+                    logs += f"\n--- {f}\n{text[-3000:]}"
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed ({proc.returncode})\n"
+            f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}{logs}"
+        )
+    return proc
+
+
+def has_shared_csv() -> bool:
+    return (SHARED / "data" / "HEST_v1_1_0.csv").exists()
+
+
+def job_counts(stdout: str) -> dict[str, int]:
+    """Parse Snakemake's 'Job stats' table into {rule: count}."""
+    counts: dict[str, int] = {}
+    in_table = False
+    for line in stdout.splitlines():
+        if line.startswith("Job stats:"):
+            in_table = True
+            continue
+        if in_table:
+            m = re.match(r"^(\S+)\s+(\d+)\s*$", line.strip())
+            if m and m.group(1) != "total":
+                counts[m.group(1)] = int(m.group(2))
+            elif line.strip().startswith("total"):
+                break
+    return counts
+
+
+# One Visium and one Xenium sample (SYNV000, SYNX000), small enough to write in seconds.
+SMALL_HEST = SynthConfig(seed=0, n_visium=1, n_st=0, n_xenium=1, slide_size_um=500.0, n_genes=60)
+
+
+@dataclass(frozen=True)
+class HestFolder:
+    """A HEST-1k folder written by the synthetic writer, and its metadata CSV."""
+
+    root: Path
+    metadata: Path
+    sample_ids: tuple[str, ...]
+
+
+def write_hest(
+    root: Path, sample_ids: tuple[str, ...], cfg: SynthConfig = SMALL_HEST
+) -> HestFolder:
+    """Write `sample_ids` in HEST layout under `root` with the synthetic writer, and the
+    metadata CSV of those samples (from their metadata JSON files) as `root/HEST_metadata.csv`."""
+    # Quiet: a handler an earlier CLI call left on the mint logger may hold a closed stream.
+    previous = logging.root.manager.disable
+    logging.disable(logging.INFO)
+    try:
+        for sid in sample_ids:
+            generate_sample(sid, root, cfg)
+    finally:
+        logging.disable(previous)
+    rows = [json.loads(Path(sample_file("meta", sid, root)).read_text()) for sid in sample_ids]
+    metadata = root / METADATA_CSV
+    pd.DataFrame(rows).to_csv(metadata, index=False)
+    return HestFolder(root, metadata, tuple(sample_ids))
+
+
+def render_eva_config(tmp_path: Path, task: str, stage: str, **options) -> dict:
+    """The eva config `mint eva render` writes for `task` and `stage`, for a tiny ViT
+    (64-dim, no ST token) with data, runs and embeddings under tmp_path."""
+    from mint.eva import render
+
+    info = render.ModelInfo(
+        embed_dim=64, has_st=False, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), img_size=224
+    )
+    opts = render.RenderOptions(
+        task=task,
+        model="tiny-vit",
+        model_name="tiny-vit",
+        stage=stage,
+        output_root=str(tmp_path / "runs" / task),
+        embeddings_root=str(tmp_path / "emb" / task),
+        data_root=str(tmp_path / "data"),
+        **options,
+    )
+    return render.render_config(opts, info)
