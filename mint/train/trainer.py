@@ -26,7 +26,9 @@ KL; at the end `health.json` (next to metrics.csv) says whether DINO collapsed (
 
 Elsewhere: the networks in `mint.train.modules`, checkpoints, RNG state and resume in
 `mint.train.checkpoint`, metrics.csv and health.json in `mint.train.metrics`, the autocast
-policy in `mint.precision`.
+policy in `mint.precision`. The step (`MintTrainer`) and the run (`train`) stay together
+(about 620 lines): the run's order of RNG draws, resume and DDP wrap is part of the result, and
+reading it next to the step it drives is what a change to either needs.
 """
 
 from __future__ import annotations
