@@ -24,8 +24,8 @@ read level (the usual Xenium grid, integer-aligned spots) skip the warp: plain c
 
 Pixels come straight from the TIFF tiles when the slide is a plain tiled pyramidal TIFF (HEST's
 format): :class:`_TiffTiles` decodes each tile once (zlib / JPEG / raw), keeps the decoded tiles
-in a byte-bounded LRU cache shared by every patch and reader thread, and copies the requested
-box out of them. OpenSlide's ``read_region`` costs about as much per pixel for a cached tile as
+(RGB, as stored) in a byte-bounded LRU cache shared by every patch and reader thread, and
+assembles the requested box from them as RGBA in a buffer each reader thread reuses. OpenSlide's ``read_region`` costs about as much per pixel for a cached tile as
 decoding it (it composites through cairo into premultiplied ARGB, then converts), and on levels
 whose reported downsample is not an integer (any odd-sized slide) it takes a sub-pixel
 compositing path that is several times slower still and blurs. The direct path is checked
