@@ -67,7 +67,7 @@ SLIDES = {
 }
 #: slide extent (um): full run, --quick
 EXTENT_UM = {"full": (3000.0, 2400.0), "mid": (2000.0, 1600.0), "quick": (1000.0, 800.0)}
-#: the memory check: slide and extents (mint reads level 1: 13, 51 and 115 MB of RGBA)
+#: the memory check: slide and extents (mint reads level 1: 10, 38 and 86 MB of RGB)
 RSS_SLIDE, RSS_EXTENTS = "V025", ("quick", "mid", "full")
 
 
@@ -215,8 +215,9 @@ def _run_child(base: Path, method: str, sid: str, threads: int, extent: str) -> 
 def _rss_check(base: Path, threads: int) -> None:
     """Peak RSS of one run per method on RSS_SLIDE at each of RSS_EXTENTS (memory vs slide size).
 
-    "read MB": the decoded RGBA size of the pyramid level mint reads the patches from; mint keeps
-    decoded tiles up to its 128 MiB cache, so its peak grows with this until the cap, then stays.
+    "read MB": the decoded (RGB) size of the pyramid level mint reads the patches from; mint keeps
+    decoded tiles, as RGB, up to its 128 MiB cache, so its peak grows with this until the cap,
+    then stays.
     """
     from mint.data.wsi import WSI
 
@@ -233,7 +234,7 @@ def _rss_check(base: Path, threads: int) -> None:
             w, h = wsi.dimensions
         r = {m: _run_child(base, m, RSS_SLIDE, threads, ext) for m in ("hestcore", "mint")}
         print(
-            f"{w_um:5g}x{h_um:<5g} {w:>5d}x{h:<6d} {lw * lh * 4 / 1e6:8.0f} "
+            f"{w_um:5g}x{h_um:<5g} {w:>5d}x{h:<6d} {lw * lh * 3 / 1e6:8.0f} "
             f"{r['hestcore']['peak_rss_mb']:12.1f} {r['mint']['peak_rss_mb']:8.1f}"
         )
 

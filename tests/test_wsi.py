@@ -282,6 +282,37 @@ def test_direct_reader_shares_decoded_tiles_between_threads(slides):
     assert wsi._tiles._cached <= wsi._tiles.cache_bytes + 256 * 256 * 4
 
 
+def test_direct_regions_from_rgb_tiles_equal_openslide(slides, monkeypatch):
+    """Tiles are cached as decoded (RGB, 3 bytes a pixel) and widened to RGBA only while a
+    region is assembled in a reused per-thread buffer: boxes inside one tile, across tiles,
+    over the slide edge and larger than that buffer equal OpenSlide's, and a returned patch
+    is never overwritten by the next read."""
+    from mint.data import wsi as wsi_mod
+
+    monkeypatch.setattr(
+        wsi_mod, "_SCRATCH_BYTES", 1 << 20, raising=False
+    )  # the 800x720 level is larger
+    path, img = slides[0.5]
+    direct, ref = WSI(path, 0.5, "S"), WSI(path, 0.5, "S", direct=False)
+    assert direct.reads_tiles_directly and not ref.reads_tiles_directly
+    boxes = [
+        (10.3, 20.6, 100.0, 100.0, 224, 224),  # inside the first tile
+        (200.7, 230.2, 112.0, 112.0, 224, 224),  # across four tiles
+        (700.5, 650.25, 140.0, 140.0, 224, 224),  # over the right and bottom edges
+        (0.0, 0.0, 800.0, 720.0, 800, 720),  # whole level 0: larger than the thread buffer
+        (3.0, 5.0, 224.0, 224.0, 224, 224),  # whole pixels: crop path
+    ]
+    first = direct.read_box(*boxes[0])
+    keep = first.copy()
+    for box in boxes:
+        np.testing.assert_array_equal(direct.read_box(*box), ref.read_box(*box), err_msg=str(box))
+    np.testing.assert_array_equal(first, keep)  # later reads did not write into it
+    tiles = direct._tiles
+    assert tiles._cache and all(t is None or t.shape[2] == 3 for t in tiles._cache.values())
+    assert tiles._cached == sum(t.nbytes for t in tiles._cache.values() if t is not None)
+    np.testing.assert_array_equal(direct.read_box(0, 0, 800, 720, 800, 720), img)
+
+
 def test_vendor_tiffs_are_read_by_openslide(tmp_path):
     """A TIFF OpenSlide recognises as a vendor format (here Aperio SVS) is not read directly."""
     from mint.synth.tiff import write_pyramidal_tiff

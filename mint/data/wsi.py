@@ -24,8 +24,8 @@ read level (the usual Xenium grid, integer-aligned spots) skip the warp: plain c
 
 Pixels come straight from the TIFF tiles when the slide is a plain tiled pyramidal TIFF (HEST's
 format): :class:`_TiffTiles` decodes each tile once (zlib / JPEG / raw), keeps the decoded tiles
-in a byte-bounded LRU cache shared by every patch and reader thread, and copies the requested
-box out of them. OpenSlide's ``read_region`` costs about as much per pixel for a cached tile as
+(RGB, as stored) in a byte-bounded LRU cache shared by every patch and reader thread, and
+assembles the requested box from them as RGBA in a buffer each reader thread reuses. OpenSlide's ``read_region`` costs about as much per pixel for a cached tile as
 decoding it (it composites through cairo into premultiplied ARGB, then converts), and on levels
 whose reported downsample is not an integer (any odd-sized slide) it takes a sub-pixel
 compositing path that is several times slower still and blurs. The direct path is checked
@@ -357,6 +357,10 @@ def resample(
 
 #: TIFF compression codes the direct reader decodes: none, JPEG, Adobe deflate, old deflate.
 _RAW, _JPEG, _DEFLATE = 1, 7, (8, 32946)
+#: Largest region (bytes of RGBA) assembled in a reader thread's reused buffer rather than a new
+#: array: a few patches' worth (a 224 px patch read at up to 2x is ~0.8 MB), small enough that
+#: whole-slide bands (:meth:`WSI.downscaled`) never pin their size per thread.
+_SCRATCH_BYTES = 4 << 20
 #: Largest mean |direct - OpenSlide| (uint8) accepted by the self-check (JPEG decoders may
 #: round a few pixels differently; a wrong colour space or layout is off by tens).
 _CHECK_MAD = 1.0
@@ -452,6 +456,7 @@ class _TiffTiles:
         self._slide, self._downsamples = wsi._slide, wsi.level_downsamples
         self._checked: set[int] = set()
         self._check_lock = threading.Lock()
+        self._local = threading.local()
         self.failed = ""
 
     @classmethod
@@ -562,7 +567,11 @@ class _TiffTiles:
         return tile
 
     def _decode(self, level: int, ty: int, tx: int) -> np.ndarray | None:
-        """RGBA tile (th, tw, 4), read-only; None for a tile the file does not store (white)."""
+        """RGB tile (th, tw, 3), read-only; None for a tile the file does not store (white).
+
+        Kept as RGB, as stored: widening every decoded tile to RGBA wrote a second, larger
+        array per tile (fresh memory, the dearest write on a busy machine); regions are widened
+        instead, into a reused per-thread buffer, while they are assembled (:meth:`_read`)."""
         lv = self.levels[level]
         idx = ty * lv.ntx + tx
         n = int(lv.counts[idx]) if idx < len(lv.counts) else 0
@@ -577,48 +586,55 @@ class _TiffTiles:
                 bgr = cv2.imdecode(np.frombuffer(stream, np.uint8), cv2.IMREAD_COLOR)
                 if bgr is None or bgr.shape[:2] != (lv.th, lv.tw):
                     raise ValueError("JPEG tile does not decode to the tile size")
-                rgba = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGBA)
+                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             elif lv.compression in _DEFLATE:
                 rgb = np.empty((lv.th, lv.tw, 3), np.uint8)
                 _INFLATE.into(data, rgb)
-                rgba = cv2.cvtColor(rgb, cv2.COLOR_RGB2RGBA)
             else:
                 need = lv.th * lv.tw * 3
                 if len(data) < need:
                     raise ValueError(f"tile has {len(data)} of {need} bytes")
                 rgb = np.frombuffer(data, np.uint8, need).reshape(lv.th, lv.tw, 3)
-                rgba = cv2.cvtColor(rgb, cv2.COLOR_RGB2RGBA)
         except (OSError, ValueError, zlib.error, cv2.error) as exc:
             raise MintError(
                 f"{self.sample_id} {self.path}: cannot read pixels (corrupt slide?): level "
                 f"{level} tile ({tx}, {ty}): {' '.join(str(exc).split())}"
             ) from None
-        rgba.flags.writeable = False
-        return rgba
+        rgb.flags.writeable = False
+        return rgb
 
     def read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         """RGBA (h, w, 4) of level pixels [x, x + w) x [y, y + h); outside the level is white.
 
-        A box inside one tile comes back as a read-only view of the cached tile (no copy).
-        Raises _UseOpenSlide when the level fails its self-check (run before its first read).
+        The array is this thread's scratch buffer when the region is small (at most
+        :data:`_SCRATCH_BYTES`): valid until the thread's next read, so use it before reading
+        again and copy what must be kept. Raises _UseOpenSlide when the level fails its
+        self-check (run before its first read).
         """
         if level not in self._checked and self._check_level(level):
             raise _UseOpenSlide(self.failed)
         return self._read(level, x, y, w, h)
+
+    def _region(self, h: int, w: int) -> np.ndarray:
+        """An uninitialised C-contiguous (h, w, 4) uint8 array: a view of this thread's reused
+        buffer for small regions (already-touched memory, warm in cache), else a new array."""
+        need = h * w * 4
+        if need > _SCRATCH_BYTES:
+            return np.empty((h, w, 4), np.uint8)
+        buf = getattr(self._local, "buf", None)
+        if buf is None or buf.size < need:
+            buf = self._local.buf = np.empty(max(need, 1 << 18), np.uint8)
+        return buf[:need].reshape(h, w, 4)
 
     def _read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         lv = self.levels[level]
         x0, y0 = max(x, 0), max(y, 0)
         x1, y1 = min(x + w, lv.width), min(y + h, lv.height)
         tw, th = lv.tw, lv.th
+        out = self._region(h, w)
         inside = x0 < x1 and y0 < y1 and (x0, y0, x1, y1) == (x, y, x + w, y + h)
-        if inside and (x1 - 1) // tw == x0 // tw and (y1 - 1) // th == y0 // th:
-            tx, ty = x0 // tw, y0 // th
-            tile = self._tile(level, ty, tx)
-            if tile is not None:
-                return tile[y0 - ty * th : y1 - ty * th, x0 - tx * tw : x1 - tx * tw]
-        # Inside the level every pixel is copied from a tile: no white fill needed first.
-        out = np.empty((h, w, 4), np.uint8) if inside else np.full((h, w, 4), 255, np.uint8)
+        if not inside:  # inside the level every pixel comes from a tile: no white fill first
+            out.fill(255)
         if x0 >= x1 or y0 >= y1:
             return out
         for ty in range(y0 // th, (y1 - 1) // th + 1):
@@ -628,7 +644,11 @@ class _TiffTiles:
                 tile = self._tile(level, ty, tx)
                 dst = out[ay0 - y : ay1 - y, ax0 - x : ax1 - x]
                 if tile is None:
-                    dst[...] = 255
-                else:
-                    dst[...] = tile[ay0 - ty * th : ay1 - ty * th, ax0 - tx * tw : ax1 - tx * tw]
+                    dst.fill(255)
+                    continue
+                src = tile[ay0 - ty * th : ay1 - ty * th, ax0 - tx * tw : ax1 - tx * tw]
+                # RGB -> RGBA (alpha 255) straight into the region; OpenCV writes into `dst`
+                # (a strided view) only when shape and type match, so check it did.
+                if cv2.cvtColor(src, cv2.COLOR_RGB2RGBA, dst=dst) is not dst:
+                    raise RuntimeError("cv2.cvtColor did not write into the region")
         return out
