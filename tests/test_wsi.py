@@ -257,7 +257,7 @@ def test_direct_tile_reads_equal_openslide(tmp_path, monkeypatch, codec):
 
 def test_direct_reader_falls_back_to_openslide(slides, monkeypatch):
     """When the self-check at open disagrees with OpenSlide, OpenSlide reads (same pixels)."""
-    import mint.data.wsi as wsi_mod
+    import mint.data.tiff_tiles as wsi_mod
 
     path, img = slides[0.5]
     monkeypatch.setattr(wsi_mod, "_CHECK_MAD", -1.0)
@@ -287,7 +287,7 @@ def test_direct_regions_from_rgb_tiles_equal_openslide(slides, monkeypatch):
     region is assembled in a reused per-thread buffer: boxes inside one tile, across tiles,
     over the slide edge and larger than that buffer equal OpenSlide's, and a returned patch
     is never overwritten by the next read."""
-    from mint.data import wsi as wsi_mod
+    from mint.data import tiff_tiles as wsi_mod
 
     monkeypatch.setattr(
         wsi_mod, "_SCRATCH_BYTES", 1 << 20, raising=False
@@ -335,7 +335,7 @@ def test_libdeflate_inflates_tiles_as_zlib_does(slides, monkeypatch):
 
     import tifffile
 
-    import mint.data.wsi as wsi_mod
+    import mint.data.tiff_tiles as wsi_mod
 
     pytest.importorskip("deflate")
     inflate = wsi_mod._INFLATE
@@ -402,20 +402,20 @@ def test_read_patches_keeps_opencv_to_one_thread(slides):
 def test_levels_are_checked_on_first_use_and_a_failing_level_hands_over(slides, monkeypatch):
     """Opening checks level 0 only; another level is checked before its first direct read, and
     when it disagrees with OpenSlide, OpenSlide reads from then on (its pixels, not the bad ones)."""
-    import mint.data.wsi as wsi_mod
+    import mint.data.tiff_tiles as wsi_mod
 
     path, _ = slides[0.25]
     wsi = WSI(path, 0.25, "S")
     assert wsi.reads_tiles_directly and wsi._tiles._checked == {0}
     wsi.read_region(40, 60, 224, 224)  # level 0
     assert wsi._tiles._checked == {0}
-    orig = wsi_mod._TiffTiles._read
+    orig = wsi_mod.TiffTiles._read
 
     def broken(self, level, x, y, w, h):  # level 1 decodes to the wrong colours
         r = orig(self, level, x, y, w, h)
         return 255 - r if level == 1 else r
 
-    monkeypatch.setattr(wsi_mod._TiffTiles, "_read", broken)
+    monkeypatch.setattr(wsi_mod.TiffTiles, "_read", broken)
     got = wsi.read_region(40, 60, 448, 224)  # downsample 2: level 1
     assert not wsi.reads_tiles_directly
     ref = WSI(path, 0.25, "S", direct=False)

@@ -23,38 +23,22 @@ the patch by more than an output pixel on coarse (~1 um/px) slides. Whole-pixel 
 read level (the usual Xenium grid, integer-aligned spots) skip the warp: plain crop/resize.
 
 Pixels come straight from the TIFF tiles when the slide is a plain tiled pyramidal TIFF (HEST's
-format): :class:`_TiffTiles` decodes each tile once (zlib / JPEG / raw), keeps the decoded tiles
-(RGB, as stored) in a byte-bounded LRU cache shared by every patch and reader thread, and
-assembles the requested box from them as RGBA in a buffer each reader thread reuses. OpenSlide's ``read_region`` costs about as much per pixel for a cached tile as
-decoding it (it composites through cairo into premultiplied ARGB, then converts), and on levels
-whose reported downsample is not an integer (any odd-sized slide) it takes a sub-pixel
-compositing path that is several times slower still and blurs. The direct path is checked
-against OpenSlide on a few tiles of a level before its first direct read (level 0 when the slide
-is opened, others when first used, so a slide read only at level 0 decodes nothing else) and is
-not used when they differ or the file is anything else (a vendor format such as SVS, other compression,
-predictor or planar layout): OpenSlide then reads, as before. Regions are RGBA (alpha 255) internally because
-OpenCV's bilinear warp is ~2.5x faster on 4 channels than on 3.
-
-Deflate tiles are inflated by libdeflate when the ``deflate`` wheel is installed (a declared
-dependency; called through ctypes, which releases the GIL so reader threads inflate in
-parallel, and writing straight into the tile buffer): ~1.6x faster than zlib on slide tiles and
-bit-identical (lossless). Without it, or for a tile libdeflate rejects, zlib decodes as before.
+format), through :class:`mint.data.tiff_tiles.TiffTiles`, checked against OpenSlide level by
+level; OpenSlide reads everything else. That reader is a part of this one, split off only for
+size: nothing else opens slides.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import math
 import os
-import threading
-import zlib
-from collections import OrderedDict
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from mint.data.tiff_tiles import TiffTiles, UseOpenSlide
 from mint.errors import MintError, show
 
 log = logging.getLogger(__name__)
@@ -122,8 +106,8 @@ class WSI:
         self.level_dimensions = [tuple(int(v) for v in d) for d in self._slide.level_dimensions]
         self.level_downsamples = [float(d) for d in self._slide.level_downsamples]
         self.level_scales = [_content_scale(self.dimensions, d) for d in self.level_dimensions]
-        self._tiles_failed: _TiffTiles | None = None
-        self._tiles = _TiffTiles.open(self, cache_mb << 20) if direct else None
+        self._tiles_failed: TiffTiles | None = None
+        self._tiles = TiffTiles.open(self, cache_mb << 20) if direct else None
 
     # -- construction / context --------------------------------------------------------------
     @classmethod
@@ -190,7 +174,7 @@ class WSI:
         if tiles is not None:
             try:
                 return tiles.read(level, int(x), int(y), int(w), int(h)), float(x), float(y)
-            except _UseOpenSlide:
+            except UseOpenSlide:
                 # A level failed its self-check: OpenSlide reads everything from now on. The
                 # reader stays open until close(), for threads still inside a read.
                 self._tiles, self._tiles_failed = None, tiles
@@ -353,302 +337,3 @@ def resample(
         flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
         borderMode=cv2.BORDER_REPLICATE,
     )
-
-
-#: TIFF compression codes the direct reader decodes: none, JPEG, Adobe deflate, old deflate.
-_RAW, _JPEG, _DEFLATE = 1, 7, (8, 32946)
-#: Largest region (bytes of RGBA) assembled in a reader thread's reused buffer rather than a new
-#: array: a few patches' worth (a 224 px patch read at up to 2x is ~0.8 MB), small enough that
-#: whole-slide bands (:meth:`WSI.downscaled`) never pin their size per thread.
-_SCRATCH_BYTES = 4 << 20
-#: Largest mean |direct - OpenSlide| (uint8) accepted by the self-check (JPEG decoders may
-#: round a few pixels differently; a wrong colour space or layout is off by tens).
-_CHECK_MAD = 1.0
-
-
-class _Inflate:
-    """Inflate a zlib stream (a TIFF deflate tile) into a preallocated buffer of known size.
-
-    libdeflate's ``libdeflate_zlib_decompress`` from the ``deflate`` wheel's extension module
-    (which exports libdeflate's C API), called with ctypes: no GIL held, no intermediate bytes
-    object. :attr:`backend` says which decoder runs ("libdeflate" or "zlib").
-    """
-
-    def __init__(self) -> None:
-        self._lib = None
-        try:
-            from deflate import _deflate
-
-            lib = ctypes.CDLL(_deflate.__file__)
-            lib.libdeflate_alloc_decompressor.restype = ctypes.c_void_p
-            lib.libdeflate_alloc_decompressor.argtypes = []
-            lib.libdeflate_free_decompressor.restype = None
-            lib.libdeflate_free_decompressor.argtypes = [ctypes.c_void_p]
-            fn = lib.libdeflate_zlib_decompress
-            fn.restype = ctypes.c_int
-            fn.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p,
-                           ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)]  # fmt: skip
-            self._lib = lib
-        except (ImportError, OSError, AttributeError):  # no wheel, or one without the C API
-            pass
-        self.backend = "zlib" if self._lib is None else "libdeflate"
-
-    def into(self, data: bytes, out: np.ndarray) -> None:
-        """Fill the C-contiguous uint8 `out` with the inflated `data`; ValueError or
-        zlib.error when the stream is corrupt or does not inflate to at least out.nbytes."""
-        need = out.nbytes
-        lib = self._lib
-        if lib is not None:
-            d = lib.libdeflate_alloc_decompressor()
-            if d:
-                got = ctypes.c_size_t(0)
-                try:
-                    rc = lib.libdeflate_zlib_decompress(
-                        d, data, len(data), out.ctypes.data, need, ctypes.byref(got)
-                    )
-                finally:
-                    lib.libdeflate_free_decompressor(d)
-                if rc == 0 and got.value == need:
-                    return
-            # Short, longer than the tile, or corrupt: zlib decides (and words the error).
-        raw = zlib.decompress(data, bufsize=need)
-        if len(raw) < need:
-            raise ValueError(f"tile has {len(raw)} of {need} bytes")
-        out.reshape(-1)[:] = np.frombuffer(raw, np.uint8, need)
-
-
-_INFLATE = _Inflate()
-
-
-class _Level:
-    """Where the tiles of one pyramid level are in the file and how to decode them."""
-
-    def __init__(self, page, width: int, height: int):
-        self.width, self.height = width, height
-        self.tw, self.th = int(page.tilewidth), int(page.tilelength)
-        self.ntx = -(-width // self.tw)
-        self.offsets = np.asarray(page.dataoffsets, np.int64)
-        self.counts = np.asarray(page.databytecounts, np.int64)
-        self.compression = int(page.compression)
-        tables = getattr(page, "jpegtables", None)
-        self.jpeg_tables = bytes(tables) if tables else b""
-
-
-class _UseOpenSlide(Exception):
-    """A level's direct reads disagree with OpenSlide (raised by the lazy self-check)."""
-
-
-class _TiffTiles:
-    """Decoded-tile reader for tiled pyramidal TIFFs (see the module docstring).
-
-    Thread safe: tiles are read with ``os.pread`` and decoded outside the cache lock (zlib,
-    OpenCV and ``pread`` release the GIL); two threads may decode the same tile once each.
-    """
-
-    def __init__(self, wsi: WSI, levels: list[_Level], cache_bytes: int):
-        self.sample_id, self.path = wsi.sample_id, wsi.path
-        self.levels = levels
-        self.cache_bytes = max(int(cache_bytes), 1 << 20)
-        self._cache: OrderedDict[tuple[int, int, int], np.ndarray | None] = OrderedDict()
-        self._cached = 0
-        self._lock = threading.Lock()
-        self._fd = os.open(self.path, os.O_RDONLY)
-        self._slide, self._downsamples = wsi._slide, wsi.level_downsamples
-        self._checked: set[int] = set()
-        self._check_lock = threading.Lock()
-        self._local = threading.local()
-        self.failed = ""
-
-    @classmethod
-    def open(cls, wsi: WSI, cache_bytes: int) -> _TiffTiles | None:
-        """The direct reader for `wsi`, or None when OpenSlide must read (with the reason logged)."""
-        why = ""
-        try:
-            levels = cls._levels(wsi)
-            if isinstance(levels, str):
-                why = levels
-            else:
-                tiles = cls(wsi, levels, cache_bytes)
-                why = tiles._check_level(0)
-                if not why:
-                    return tiles
-                tiles.close()
-        except Exception as exc:  # unreadable header, odd tags: OpenSlide decides
-            why = f"{type(exc).__name__}: {exc}"
-        log.debug("%s: OpenSlide reads the pixels (%s)", wsi.sample_id, why)
-        return None
-
-    @staticmethod
-    def _levels(wsi: WSI) -> list[_Level] | str:
-        import tifffile
-
-        # Only plain pyramidal TIFFs (HEST's format): vendor TIFFs (Aperio, Ventana, Philips,
-        # ...) can place tiles in ways a plain grid does not describe; OpenSlide knows them.
-        vendor = wsi._slide.properties.get("openslide.vendor", "")
-        if vendor != "generic-tiff":
-            return f"OpenSlide vendor {vendor or 'unknown'!r}, not a plain pyramidal TIFF"
-        with tifffile.TiffFile(wsi.path) as tf:
-            pages = {}
-            for page in tf.pages:
-                if page.is_tiled:
-                    pages.setdefault((int(page.imagewidth), int(page.imagelength)), page)
-            levels = []
-            for w, h in wsi.level_dimensions:
-                page = pages.get((w, h))
-                if page is None:
-                    return f"no tiled TIFF page of {w}x{h}"
-                comp, photo = int(page.compression), int(page.photometric)
-                ok = (
-                    int(page.planarconfig) == 1
-                    and int(page.samplesperpixel) == 3
-                    and int(page.bitspersample) == 8
-                    and int(page.predictor) == 1
-                    and int(getattr(page, "tiledepth", 1)) == 1
-                    and (
-                        comp in (_RAW, *_DEFLATE)
-                        and photo == 2
-                        or comp == _JPEG
-                        and photo in (2, 6)
-                    )
-                )
-                if not ok:
-                    return f"level {w}x{h}: compression {comp}, photometric {photo} not handled"
-                levels.append(_Level(page, w, h))
-        return levels
-
-    def _check_level(self, level: int) -> str:
-        """Compare direct reads of `level` with OpenSlide's ("" when equal, else why not):
-        the first tile, and a central tile of level 0 (integer level coordinates, so OpenSlide
-        does not resample). Runs once per level, before the level's first direct read."""
-        with self._check_lock:
-            if level in self._checked or self.failed:
-                return self.failed
-            lv = self.levels[level]
-            spots = [(0, 0)]
-            if level == 0:
-                spots.append(((lv.width // 2) // lv.tw * lv.tw, (lv.height // 2) // lv.th * lv.th))
-            for x, y in spots:
-                w, h = min(lv.tw, lv.width - x), min(lv.th, lv.height - y)
-                mine = np.ascontiguousarray(self._read(level, x, y, w, h))
-                ds = self._downsamples[level]
-                loc = (int(round(x * ds)), int(round(y * ds)))
-                ref = np.asarray(self._slide.read_region(loc, level, (w, h)))
-                # mean |difference| over R, G, B (alpha: 255 in both inside the level)
-                mad = sum(cv2.sumElems(cv2.absdiff(mine, ref))[:3]) / (w * h * 3)
-                if mad > _CHECK_MAD:
-                    self.failed = (
-                        f"direct tile read differs from OpenSlide at level {level} (mad {mad:.2f})"
-                    )
-                    return self.failed
-            self._checked.add(level)
-            return ""
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        self._cache.clear()
-
-    # -- tiles --------------------------------------------------------------------------------
-    def _tile(self, level: int, ty: int, tx: int) -> np.ndarray | None:
-        key = (level, ty, tx)
-        with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
-        tile = self._decode(level, ty, tx)
-        with self._lock:
-            if key not in self._cache:
-                self._cache[key] = tile
-                self._cached += 0 if tile is None else tile.nbytes
-                while self._cached > self.cache_bytes and len(self._cache) > 1:
-                    _, old = self._cache.popitem(last=False)
-                    self._cached -= 0 if old is None else old.nbytes
-        return tile
-
-    def _decode(self, level: int, ty: int, tx: int) -> np.ndarray | None:
-        """RGB tile (th, tw, 3), read-only; None for a tile the file does not store (white).
-
-        Kept as RGB, as stored: widening every decoded tile to RGBA wrote a second, larger
-        array per tile (fresh memory, the dearest write on a busy machine); regions are widened
-        instead, into a reused per-thread buffer, while they are assembled (:meth:`_read`)."""
-        lv = self.levels[level]
-        idx = ty * lv.ntx + tx
-        n = int(lv.counts[idx]) if idx < len(lv.counts) else 0
-        if n <= 0:
-            return None
-        try:
-            data = os.pread(self._fd, n, int(lv.offsets[idx]))
-            if len(data) != n:
-                raise ValueError(f"file ends early ({len(data)} of {n} bytes)")
-            if lv.compression == _JPEG:
-                stream = lv.jpeg_tables[:-2] + data[2:] if lv.jpeg_tables else data
-                bgr = cv2.imdecode(np.frombuffer(stream, np.uint8), cv2.IMREAD_COLOR)
-                if bgr is None or bgr.shape[:2] != (lv.th, lv.tw):
-                    raise ValueError("JPEG tile does not decode to the tile size")
-                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-            elif lv.compression in _DEFLATE:
-                rgb = np.empty((lv.th, lv.tw, 3), np.uint8)
-                _INFLATE.into(data, rgb)
-            else:
-                need = lv.th * lv.tw * 3
-                if len(data) < need:
-                    raise ValueError(f"tile has {len(data)} of {need} bytes")
-                rgb = np.frombuffer(data, np.uint8, need).reshape(lv.th, lv.tw, 3)
-        except (OSError, ValueError, zlib.error, cv2.error) as exc:
-            raise MintError(
-                f"{self.sample_id} {self.path}: cannot read pixels (corrupt slide?): level "
-                f"{level} tile ({tx}, {ty}): {' '.join(str(exc).split())}"
-            ) from None
-        rgb.flags.writeable = False
-        return rgb
-
-    def read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
-        """RGBA (h, w, 4) of level pixels [x, x + w) x [y, y + h); outside the level is white.
-
-        The array is this thread's scratch buffer when the region is small (at most
-        :data:`_SCRATCH_BYTES`): valid until the thread's next read, so use it before reading
-        again and copy what must be kept. Raises _UseOpenSlide when the level fails its
-        self-check (run before its first read).
-        """
-        if level not in self._checked and self._check_level(level):
-            raise _UseOpenSlide(self.failed)
-        return self._read(level, x, y, w, h)
-
-    def _region(self, h: int, w: int) -> np.ndarray:
-        """An uninitialised C-contiguous (h, w, 4) uint8 array: a view of this thread's reused
-        buffer for small regions (already-touched memory, warm in cache), else a new array."""
-        need = h * w * 4
-        if need > _SCRATCH_BYTES:
-            return np.empty((h, w, 4), np.uint8)
-        buf = getattr(self._local, "buf", None)
-        if buf is None or buf.size < need:
-            buf = self._local.buf = np.empty(max(need, 1 << 18), np.uint8)
-        return buf[:need].reshape(h, w, 4)
-
-    def _read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
-        lv = self.levels[level]
-        x0, y0 = max(x, 0), max(y, 0)
-        x1, y1 = min(x + w, lv.width), min(y + h, lv.height)
-        tw, th = lv.tw, lv.th
-        out = self._region(h, w)
-        inside = x0 < x1 and y0 < y1 and (x0, y0, x1, y1) == (x, y, x + w, y + h)
-        if not inside:  # inside the level every pixel comes from a tile: no white fill first
-            out.fill(255)
-        if x0 >= x1 or y0 >= y1:
-            return out
-        for ty in range(y0 // th, (y1 - 1) // th + 1):
-            ay0, ay1 = max(y0, ty * th), min(y1, (ty + 1) * th)
-            for tx in range(x0 // tw, (x1 - 1) // tw + 1):
-                ax0, ax1 = max(x0, tx * tw), min(x1, (tx + 1) * tw)
-                tile = self._tile(level, ty, tx)
-                dst = out[ay0 - y : ay1 - y, ax0 - x : ax1 - x]
-                if tile is None:
-                    dst.fill(255)
-                    continue
-                src = tile[ay0 - ty * th : ay1 - ty * th, ax0 - tx * tw : ax1 - tx * tw]
-                # RGB -> RGBA (alpha 255) straight into the region; OpenCV writes into `dst`
-                # (a strided view) only when shape and type match, so check it did.
-                if cv2.cvtColor(src, cv2.COLOR_RGB2RGBA, dst=dst) is not dst:
-                    raise RuntimeError("cv2.cvtColor did not write into the region")
-        return out
