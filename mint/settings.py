@@ -13,9 +13,8 @@ config key becomes which flag and field, and never repeat a default. Three views
   defaults and fails on any default that differs from the CLI's, unless the option declares
   the difference here (`workflow=`, with the reason in `why`).
 
-`synth`, `download`, `download-bench`, `probe` and `eva` have no `Stage.defaults` yet: their
-options are still written in their `add_arguments` (modules being reworked elsewhere, or, for
-`probe`, a setting that is not a `ProbeConfig` field); the same test ties those to the schema.
+`eva` has no `Stage.defaults`: its options belong to `mint eva`'s sub-commands (render,
+predict, fit), each with its own parser; the same test ties them to the schema.
 
 The strings `stage_opts` writes are, flag for flag, the ones the rules wrote by hand before:
 Snakemake reruns a finished job when its params or shell text change, so a different spelling
@@ -111,15 +110,29 @@ STAGES: dict[str, Stage] = {
     "download": Stage(
         "hest",
         (
-            Option("repo_id", "--repo-id"),
-            Option("retries", "--retries"),
-            Option("local_dir", "--local-dir"),
-            Option("copy", "--copy"),
+            Option("repo_id", "--repo-id", help="hub dataset repository"),
+            Option("retries", "--retries", help="download attempts (source hub)"),
+            Option(
+                "local_dir", "--local-dir", type=str, help="existing HEST folder (source local)"
+            ),
+            Option("copy", "--copy", help="copy instead of symlink (source local)"),
         ),
+        "mint.hest.download:DownloadSettings",
     ),
     "download-bench": Stage(
         "bench_data",
-        (Option("repo_id", "--repo-id"), Option("local_dir", "--local-dir")),
+        (
+            Option("repo_id", "--repo-id", help="hub dataset repository"),
+            Option(
+                "local_dir",
+                "--local-dir",
+                type=str,
+                help="existing hest-bench folder (source local)",
+            ),
+            Option(None, "--copy", field="copy", help="copy instead of symlink (source local)"),
+            Option(None, "--retries", field="retries", help="download attempts (source hub)"),
+        ),
+        "mint.hest.download_bench:BenchDownloadSettings",
     ),
     "select": Stage(
         "select",
@@ -261,10 +274,23 @@ STAGES: dict[str, Stage] = {
     "probe": Stage(
         "bench",
         (
-            Option("variants", "--variants", nargs="+"),
-            Option("pca_components", "--pca-components", none_flag="--no-pca"),
+            Option(
+                "variants",
+                "--variants",
+                nargs="+",
+                help="cls, st, patch_mean or '+'-joined concatenations (variants needing st are "
+                "skipped for models without an ST token)",
+            ),
+            Option(
+                "pca_components",
+                "--pca-components",
+                none_flag="--no-pca",
+                type=int,
+                help="PCA components (--no-pca: ridge on the full embedding, no scaler, no PCA)",
+            ),
             Option("seed", "--seed"),
         ),
+        "mint.bench.probe:ProbeSettings",
     ),
     "eva": Stage(
         "eva",
@@ -332,8 +358,8 @@ def add_options(parser: argparse.ArgumentParser, stage: str) -> None:
     defaults = stage_defaults(stage)
     for o in STAGES[stage].options:
         default = getattr(defaults, o.dest)
-        if isinstance(default, list):
-            default = list(default)
+        if isinstance(default, (list, tuple)):
+            default = list(default)  # a fresh list per parser, as argparse hands back for a flag
         kw: dict[str, Any] = {"dest": o.dest, "default": default, "help": o.help or None}
         if isinstance(default, bool):
             if o.flag:

@@ -45,34 +45,34 @@ DEFAULT_VARIANTS = ("cls", "st", "cls+st", "cls+patch_mean")
 NAN_POLICIES = ("zero", "exclude", "hest")
 
 
+@dataclass(frozen=True)
+class ProbeSettings:
+    """`mint probe` options the workflow sets (config `bench:`) and their defaults; `run` turns
+    them into a `ProbeConfig` (the variants are the task's, not the ridge's)."""
+
+    variants: tuple[str, ...] = DEFAULT_VARIANTS
+    pca_components: int | None = 256  # None = full-dimension ridge (no scaler, no PCA)
+    seed: int = 1
+
+
 @dataclass
 class ProbeConfig:
-    seed: int = 1
-    pca_components: int | None = 256  # None = full-dimension ridge (no scaler, no PCA)
+    seed: int = ProbeSettings.seed
+    pca_components: int | None = ProbeSettings.pca_components  # None: no scaler, no PCA
     nan_policy: str = "zero"
     max_iter: int = 1000
     alpha_numerator: float = 100.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from mint.settings import add_options
+
     parser.add_argument("--embeddings", required=True, help="cache folder written by mint embed")
     parser.add_argument("--bench-dir", required=True, help="folder holding the task folders")
     parser.add_argument("--task", required=True)
     parser.add_argument("--model", required=True, help="model key recorded in the output")
-    parser.add_argument(
-        "--variants",
-        nargs="+",
-        default=list(DEFAULT_VARIANTS),
-        help="cls, st, patch_mean or '+'-joined concatenations (variants needing st are "
-        "skipped for models without an ST token)",
-    )
     parser.add_argument("--out", required=True, help="results JSON")
-    parser.add_argument("--seed", type=int, default=1)
-    pca = parser.add_mutually_exclusive_group()
-    pca.add_argument("--pca-components", type=int, default=256)
-    pca.add_argument(
-        "--no-pca", action="store_true", help="ridge on the full embedding (no scaler, no PCA)"
-    )
+    add_options(parser, "probe")  # --variants, --pca-components / --no-pca, --seed
     parser.add_argument(
         "--nan-policy",
         choices=NAN_POLICIES,
@@ -352,11 +352,11 @@ def _settings(cfg: ProbeConfig, n_genes: int, manifest: dict, emb_dir: Path) -> 
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.no_pca and args.pca_components < 1:
+    if args.pca_components is not None and args.pca_components < 1:
         raise MintError(f"--pca-components {args.pca_components}: must be >= 1")
     cfg = ProbeConfig(
         seed=args.seed,
-        pca_components=None if args.no_pca else args.pca_components,
+        pca_components=args.pca_components,
         nan_policy=args.nan_policy,
     )
     data = load_task(args.bench_dir, args.task)

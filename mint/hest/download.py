@@ -25,6 +25,7 @@ import argparse
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from mint.errors import MintError
@@ -144,19 +145,26 @@ def download_local(
     return check_files(out, sample_id, technology, cell_seg)
 
 
+@dataclass(frozen=True)
+class DownloadSettings:
+    """`mint download` options and their defaults; config `hest:` maps onto them (mint.settings)."""
+
+    repo_id: str = HEST_REPO_ID
+    retries: int = 3  # download attempts (source hub)
+    local_dir: str | None = None  # existing HEST folder (source local)
+    copy: bool = False  # copy instead of symlink (source local)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from mint.settings import add_options
+
     parser.add_argument("--source", choices=["hub", "local"], required=True)
     parser.add_argument("--sample", required=True, help="HEST sample id, e.g. TENX95")
     parser.add_argument("--out-dir", default="resources/hest", help="HEST folder to fill")
     parser.add_argument(
         "--metadata", required=True, help="HEST metadata CSV (technology of the sample)"
     )
-    parser.add_argument("--repo-id", default=HEST_REPO_ID, help="hub dataset repository")
-    parser.add_argument("--local-dir", default=None, help="existing HEST folder (source local)")
-    parser.add_argument(
-        "--copy", action="store_true", help="copy instead of symlink (source local)"
-    )
-    parser.add_argument("--retries", type=int, default=3, help="download attempts (source hub)")
+    add_options(parser, "download")  # --repo-id, --retries, --local-dir, --copy
     parser.add_argument(
         "--no-cell-seg",
         dest="cell_seg",

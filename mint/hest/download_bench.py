@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -135,18 +136,23 @@ def download_local(
     return dst
 
 
+@dataclass(frozen=True)
+class BenchDownloadSettings:
+    """`mint download-bench` options and their defaults; config `bench_data:` maps onto them."""
+
+    repo_id: str = BENCH_REPO_ID
+    local_dir: str | None = None  # existing hest-bench folder (source local)
+    copy: bool = False  # copy instead of symlink (source local)
+    retries: int = 3  # download attempts (source hub)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from mint.settings import add_options
+
     parser.add_argument("--source", choices=["hub", "local"], required=True)
     parser.add_argument("--task", required=True, help="bench task, e.g. IDC or SYNTH_VISIUM")
     parser.add_argument("--out-dir", default="resources/hest-bench")
-    parser.add_argument("--repo-id", default=BENCH_REPO_ID)
-    parser.add_argument(
-        "--local-dir", default=None, help="existing hest-bench folder (source local)"
-    )
-    parser.add_argument(
-        "--copy", action="store_true", help="copy instead of symlink (source local)"
-    )
-    parser.add_argument("--retries", type=int, default=3)
+    add_options(parser, "download-bench")  # --repo-id, --local-dir, --copy, --retries
 
 
 def run(args: argparse.Namespace) -> int:
