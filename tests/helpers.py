@@ -4,6 +4,7 @@ Snakemake's job table, and the writer of small synthetic HEST folders the fixtur
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import os
@@ -13,8 +14,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from mint.data.tiles import TileWriter
 from mint.hest.layout import METADATA_CSV, sample_file
 from mint.synth.hest import SynthConfig, generate_sample
 
@@ -137,3 +140,109 @@ def render_eva_config(tmp_path: Path, task: str, stage: str, **options) -> dict:
         **options,
     )
     return render.render_config(opts, info)
+
+
+# ------------------------------------------------------------- a fake hub (download tests)
+# what the hub repository holds (relative paths), for the fake snapshot_download
+HUB_FILES = [
+    "wsis/TENX95.tif",
+    "wsis/TENX9.tif",
+    "st/TENX95.h5ad",
+    "metadata/TENX95.json",
+    "tissue_seg/TENX95_contours.geojson",
+    "tissue_seg/TENX95_vis.jpg",
+    "transcripts/TENX95_transcripts.parquet",
+    "xenium_seg/TENX95_xenium_cell_seg.parquet",
+    "xenium_seg/TENX95_xenium_nucleus_seg.parquet",
+    "cellvit_seg/TENX95_cellvit_seg.zip",
+    "patches/TENX95.h5",
+    "wsis/MEND139.tif",
+    "st/MEND139.h5ad",
+    "metadata/MEND139.json",
+    "tissue_seg/MEND139_contours.geojson",
+]
+
+
+class FakeHub:
+    """Stands in for huggingface_hub.snapshot_download: records calls, writes matching files."""
+
+    def __init__(
+        self, files=HUB_FILES, fail_times: int = 0, exc: Exception | None = None, empty=()
+    ):
+        self.files, self.fail_times, self.exc, self.empty = files, fail_times, exc, set(empty)
+        self.calls: list[dict] = []
+
+    def __call__(self, **kw):
+        self.calls.append(kw)
+        if len(self.calls) <= self.fail_times:
+            raise self.exc or ConnectionError("network down")
+        out = Path(kw["local_dir"])
+        for rel in self.files:
+            if any(fnmatch.fnmatch(rel, p) for p in kw["allow_patterns"]):
+                (out / rel).parent.mkdir(parents=True, exist_ok=True)
+                (out / rel).write_bytes(b"" if rel in self.empty else b"data")
+        return str(out)
+
+
+# ------------------------------------------------------ small tile files (vocab/shards tests)
+P = 32  # small patches keep the test fast; the shard code does not care about the size
+
+
+def smooth_images(rng, n: int) -> np.ndarray:
+    """Smooth random RGB images (JPEG-friendly, like tissue at 0.5 um/px)."""
+    import cv2
+
+    out = np.empty((n, P, P, 3), np.uint8)
+    for i in range(n):
+        small = rng.integers(30, 230, (6, 6, 3)).astype(np.uint8)
+        out[i] = cv2.resize(small, (P, P), interpolation=cv2.INTER_CUBIC)
+    return out
+
+
+def write_tile(
+    path: Path,
+    sid: str,
+    genes: list[str],
+    counts: np.ndarray,
+    level: str = "spot",
+    imgs: np.ndarray | None = None,
+    rng=None,
+) -> dict:
+    n = len(counts)
+    rng = rng or np.random.default_rng(0)
+    imgs = smooth_images(rng, n) if imgs is None else imgs
+    barcodes = [
+        f"{sid[-2:]}{i:05d}-1" if level == "spot" else f"{i // 10:03d}x{i % 10:03d}"
+        for i in range(n)
+    ]
+    coords = rng.integers(0, 10000, (n, 2))
+    tech, mod = ("Visium", "visium") if level == "spot" else ("Xenium", "xenium")
+    attrs = dict(
+        sample_id=sid,
+        pixel_size_um=0.5,
+        target_pixel_size_um=0.5,
+        patch_size_px=P,
+        technology=tech,
+        level=level,
+        modality=mod,
+        organ="Bowel",
+        oncotree_code="COAD",
+        n_spots_total=n,
+        n_dropped_outside=0,
+        n_dropped_tissue=0,
+        xenium_target="",
+    )
+    n_cells = rng.integers(0, 50, n) if level == "patch" else None
+    with TileWriter(path, n, P, genes, barcodes, coords, attrs, n_cells) as w:
+        w.write_img(0, imgs)
+        w.write_expr(0, counts.astype(np.float32))
+    return dict(
+        sid=sid,
+        genes=genes,
+        counts=counts,
+        imgs=imgs,
+        barcodes=barcodes,
+        coords=coords,
+        n_cells=n_cells,
+        level=level,
+    )

@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_download import FakeHub
-from test_vocab_shards import write_tile
+from helpers import FakeHub, write_tile
 
 from mint.cli import main
 from mint.data.shard_verify import verify_shards

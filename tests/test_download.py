@@ -10,52 +10,13 @@ from pathlib import Path
 import huggingface_hub
 import pandas as pd
 import pytest
+from helpers import HUB_FILES, FakeHub
 
 from mint.cli import main
 from mint.errors import MintError
 from mint.hest import download, download_bench, hub, layout
 
 TOKEN = "hf_secret_token_for_tests_only"
-
-# what the hub repository holds (relative paths), for the fake snapshot_download
-HUB_FILES = [
-    "wsis/TENX95.tif",
-    "wsis/TENX9.tif",
-    "st/TENX95.h5ad",
-    "metadata/TENX95.json",
-    "tissue_seg/TENX95_contours.geojson",
-    "tissue_seg/TENX95_vis.jpg",
-    "transcripts/TENX95_transcripts.parquet",
-    "xenium_seg/TENX95_xenium_cell_seg.parquet",
-    "xenium_seg/TENX95_xenium_nucleus_seg.parquet",
-    "cellvit_seg/TENX95_cellvit_seg.zip",
-    "patches/TENX95.h5",
-    "wsis/MEND139.tif",
-    "st/MEND139.h5ad",
-    "metadata/MEND139.json",
-    "tissue_seg/MEND139_contours.geojson",
-]
-
-
-class FakeHub:
-    """Stands in for huggingface_hub.snapshot_download: records calls, writes matching files."""
-
-    def __init__(
-        self, files=HUB_FILES, fail_times: int = 0, exc: Exception | None = None, empty=()
-    ):
-        self.files, self.fail_times, self.exc, self.empty = files, fail_times, exc, set(empty)
-        self.calls: list[dict] = []
-
-    def __call__(self, **kw):
-        self.calls.append(kw)
-        if len(self.calls) <= self.fail_times:
-            raise self.exc or ConnectionError("network down")
-        out = Path(kw["local_dir"])
-        for rel in self.files:
-            if any(fnmatch.fnmatch(rel, p) for p in kw["allow_patterns"]):
-                (out / rel).parent.mkdir(parents=True, exist_ok=True)
-                (out / rel).write_bytes(b"" if rel in self.empty else b"data")
-        return str(out)
 
 
 @pytest.fixture

@@ -11,74 +11,13 @@ import numpy as np
 import pytest
 import scanpy as sc
 import webdataset as wds
+from helpers import P, write_tile
 
 from mint.cli import main
 from mint.data.shards import plan, val_sources
-from mint.data.tiles import TileWriter, read_info
+from mint.data.tiles import read_info
 from mint.data.vocab import build_vocab
 from mint.errors import MintError
-
-P = 32  # small patches keep the test fast; the shard code does not care about the size
-
-
-def smooth_images(rng, n: int) -> np.ndarray:
-    """Smooth random RGB images (JPEG-friendly, like tissue at 0.5 um/px)."""
-    import cv2
-
-    out = np.empty((n, P, P, 3), np.uint8)
-    for i in range(n):
-        small = rng.integers(30, 230, (6, 6, 3)).astype(np.uint8)
-        out[i] = cv2.resize(small, (P, P), interpolation=cv2.INTER_CUBIC)
-    return out
-
-
-def write_tile(
-    path: Path,
-    sid: str,
-    genes: list[str],
-    counts: np.ndarray,
-    level: str = "spot",
-    imgs: np.ndarray | None = None,
-    rng=None,
-) -> dict:
-    n = len(counts)
-    rng = rng or np.random.default_rng(0)
-    imgs = smooth_images(rng, n) if imgs is None else imgs
-    barcodes = [
-        f"{sid[-2:]}{i:05d}-1" if level == "spot" else f"{i // 10:03d}x{i % 10:03d}"
-        for i in range(n)
-    ]
-    coords = rng.integers(0, 10000, (n, 2))
-    tech, mod = ("Visium", "visium") if level == "spot" else ("Xenium", "xenium")
-    attrs = dict(
-        sample_id=sid,
-        pixel_size_um=0.5,
-        target_pixel_size_um=0.5,
-        patch_size_px=P,
-        technology=tech,
-        level=level,
-        modality=mod,
-        organ="Bowel",
-        oncotree_code="COAD",
-        n_spots_total=n,
-        n_dropped_outside=0,
-        n_dropped_tissue=0,
-        xenium_target="",
-    )
-    n_cells = rng.integers(0, 50, n) if level == "patch" else None
-    with TileWriter(path, n, P, genes, barcodes, coords, attrs, n_cells) as w:
-        w.write_img(0, imgs)
-        w.write_expr(0, counts.astype(np.float32))
-    return dict(
-        sid=sid,
-        genes=genes,
-        counts=counts,
-        imgs=imgs,
-        barcodes=barcodes,
-        coords=coords,
-        n_cells=n_cells,
-        level=level,
-    )
 
 
 @pytest.fixture(scope="module")
