@@ -535,3 +535,24 @@ def test_leaderboard_loads():
     row = df.set_index("model").loc["UNI"]
     tasks = ["IDC", "PRAD", "PAAD", "SKCM", "COAD", "READ", "CCRCC", "LUNG", "LYMPH_IDC"]
     assert row["average"] == pytest.approx(np.mean(row[tasks]), abs=6e-4)
+
+
+@pytest.mark.parametrize(
+    "stray, message",
+    [("README.txt", "unexpected file in splits/"), ("train_1.csv", "odd number of split files")],
+)
+def test_download_and_probe_read_splits_alike(tmp_path, stray, message):
+    """HEST takes the fold count from the files in splits/: the download's check and the
+    probe's reader must refuse the same folders with the same words (one function)."""
+    from mint.bench.data import load_task
+    from mint.errors import MintError
+    from mint.hest.download_bench import check_task
+
+    bench = tmp_path / "bench"
+    make_task(bench, "T", {"S1": 12, "S2": 12}, [(["S1"], ["S2"])])
+    root = bench / "T"
+    assert check_task(root, "T") == 1 and load_task(bench, "T").n_folds == 1
+    (root / "splits" / stray).write_text((root / "splits" / "train_0.csv").read_text())
+    for read in (lambda: check_task(root, "T"), lambda: load_task(bench, "T")):
+        with pytest.raises(MintError, match=message):
+            read()

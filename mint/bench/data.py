@@ -18,7 +18,6 @@ library-size normalisation: that is what the published leaderboard used.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +29,6 @@ from mint.hest import layout
 
 SPLIT_COLUMNS = ("sample_id", "patches_path", "expr_path")
 GENES_FILE = layout.BENCH_GENES
-_SPLIT_RE = re.compile(layout.BENCH_SPLIT_RE)
 
 
 @dataclass(frozen=True)
@@ -86,30 +84,6 @@ def read_genes(root: Path, task: str) -> list[str]:
     return genes
 
 
-def _split_files(root: Path, task: str) -> int:
-    """Number of folds, after checking that splits/ holds exactly train_k/test_k pairs."""
-    split_dir = root / layout.BENCH_SPLITS_DIR
-    if not split_dir.is_dir():
-        raise MintError(f"{task} {split_dir}: splits folder not found")
-    names = sorted(p.name for p in split_dir.iterdir())
-    if not names:
-        raise MintError(f"{task} {split_dir}: no split files")
-    for name in names:
-        if not _SPLIT_RE.match(name):
-            raise MintError(
-                f"{task} {split_dir / name}: unexpected file in splits/ (HEST counts every file "
-                "there as half a fold; only train_k.csv and test_k.csv may live there)"
-            )
-    if len(names) % 2:
-        raise MintError(f"{task} {split_dir}: odd number of split files ({len(names)})")
-    n = len(names) // 2
-    expected = {f"{kind}_{k}.csv" for k in range(n) for kind in ("train", "test")}
-    missing = sorted(expected - set(names))
-    if missing:
-        raise MintError(f"{task} {split_dir / missing[0]}: missing (folds must be 0..{n - 1})")
-    return n
-
-
 def _read_split(root: Path, task: str, path: Path) -> list[BenchSample]:
     try:
         df = pd.read_csv(path, dtype=str)
@@ -140,7 +114,7 @@ def load_task(bench_dir: str | Path, task: str) -> BenchTaskData:
     """Read a task's gene list and folds; checks that every listed file exists."""
     root = task_dir(bench_dir, task)
     genes = read_genes(root, task)
-    n = _split_files(root, task)
+    n = layout.bench_fold_count(root, task)
     folds: list[Fold] = []
     seen: dict[str, BenchSample] = {}
     for k in range(n):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import shutil
 import zipfile
 from dataclasses import dataclass
@@ -54,14 +53,7 @@ def check_task(task_dir: str | os.PathLike, task: str) -> int:
     genes = d / layout.BENCH_GENES
     if not genes.is_file() or genes.stat().st_size == 0:
         raise MintError(f"{task} {genes}: missing gene list")
-    names = sorted(p.name for p in (d / layout.BENCH_SPLITS_DIR).iterdir())
-    pat = re.compile(layout.BENCH_SPLIT_RE)
-    bad = [n for n in names if not pat.match(n)]
-    if bad:
-        raise MintError(
-            f"{task} {d / layout.BENCH_SPLITS_DIR / bad[0]}: unexpected file in splits/ (the fold count is the file count / 2)"
-        )
-    n_folds = len(names) // 2
+    n_folds = layout.bench_fold_count(d, task)
     for k in range(n_folds):
         for kind in layout.BENCH_SPLIT_KINDS:
             f = d / layout.bench_split(kind, k)
@@ -81,8 +73,6 @@ def check_task(task_dir: str | os.PathLike, task: str) -> int:
                         raise MintError(
                             f"{r['sample_id']} {p}: missing or empty bench file (task {task})"
                         )
-    if n_folds == 0:
-        raise MintError(f"{task} {d / layout.BENCH_SPLITS_DIR}: no splits")
     return n_folds
 
 

@@ -139,6 +139,38 @@ def bench_split(kind: str, fold: int) -> str:
 BENCH_SPLIT_RE = r"^(train|test)_(\d+)\.csv$"
 
 
+def bench_fold_count(task_dir: str | os.PathLike, task: str) -> int:
+    """Number of folds of a bench task, after checking that `splits/` holds exactly the
+    train_k/test_k pairs for k = 0..n-1: HEST takes the fold count from the number of files
+    there, so any other file would silently change it. The one check the download and the probe
+    both use."""
+    import re
+
+    from mint.errors import MintError
+
+    split_dir = Path(task_dir, BENCH_SPLITS_DIR)
+    if not split_dir.is_dir():
+        raise MintError(f"{task} {split_dir}: splits folder not found")
+    names = sorted(p.name for p in split_dir.iterdir())
+    if not names:
+        raise MintError(f"{task} {split_dir}: no split files")
+    pattern = re.compile(BENCH_SPLIT_RE)
+    for name in names:
+        if not pattern.match(name):
+            raise MintError(
+                f"{task} {split_dir / name}: unexpected file in splits/ (HEST counts every file "
+                "there as half a fold; only train_k.csv and test_k.csv may live there)"
+            )
+    if len(names) % 2:
+        raise MintError(f"{task} {split_dir}: odd number of split files ({len(names)})")
+    n = len(names) // 2
+    expected = {Path(bench_split(kind, k)).name for k in range(n) for kind in BENCH_SPLIT_KINDS}
+    missing = sorted(expected - set(names))
+    if missing:
+        raise MintError(f"{task} {split_dir / missing[0]}: missing (folds must be 0..{n - 1})")
+    return n
+
+
 def bench_hub_patterns(task: str) -> list[str]:
     """`allow_patterns` of one task: the hub holds each task at its top level."""
     return [f"{task}/*"]
