@@ -24,6 +24,16 @@ from mint.synth.hest import SynthConfig, generate_sample
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
+#: The training settings every toy run shares: the tiny ViT and a DINO head small enough that a
+#: few steps run in seconds on one CPU core. Tests add their steps, crops and schedules.
+TINY_MODEL = {
+    "backbone": "tiny-vit",
+    "batch_size": 4,
+    "dino_prototypes": 16,
+    "dino_hidden_dim": 16,
+    "dino_bottleneck_dim": 8,
+}
+
 
 def snakemake_env() -> dict[str, str]:
     env = dict(os.environ)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import FakeHub, write_tile
+from helpers import TINY_MODEL, FakeHub, write_tile
 
 from mint.cli import main
 from mint.data.shard_verify import verify_shards
@@ -327,15 +327,11 @@ def test_bad_input_damaged_shard_is_named(built_shards, capsys, damage):
 
 
 TINY = {
-    "backbone": "tiny-vit",
+    **TINY_MODEL,
     "steps": 2,
-    "batch_size": 4,
     "global_crop_size": 32,
     "local_crop_size": 16,
     "n_local_crops": 2,
-    "dino_prototypes": 16,
-    "dino_hidden_dim": 16,
-    "dino_bottleneck_dim": 8,
     "num_workers": 0,
     "shuffle_buffer": 8,
 }

@@ -22,21 +22,17 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import REPO, snakemake_env
+from helpers import REPO, TINY_MODEL, snakemake_env
 from safetensors.torch import load_file
 
 from mint.train.preempt import EXIT_RESUME
 from mint.train.toy import write_toy_shards
 
 PARAMS = {
-    "backbone": "tiny-vit",
+    **TINY_MODEL,
     "steps": 32,
-    "batch_size": 4,
     "global_crop_size": 64,
     "n_local_crops": 2,
-    "dino_prototypes": 16,
-    "dino_hidden_dim": 16,
-    "dino_bottleneck_dim": 8,
     "teacher_temp_warmup_steps": 8,
     "freeze_last_layer_steps": None,
     "warmup_steps": 4,

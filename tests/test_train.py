@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import webdataset as wds
+from helpers import TINY_MODEL
 
 from mint.errors import MintError
 from mint.models.backbones import build_backbone
@@ -32,13 +33,9 @@ from mint.train.trainer import MintTrainer
 torch.set_num_threads(1)
 
 SMALL = {
-    "backbone": "tiny-vit",
-    "batch_size": 4,
+    **TINY_MODEL,
     "global_crop_size": 64,
     "n_local_crops": 2,
-    "dino_prototypes": 16,
-    "dino_hidden_dim": 16,
-    "dino_bottleneck_dim": 8,
     "num_workers": 0,
     "shuffle_buffer": 8,
 }

@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import webdataset as wds
+from helpers import TINY_MODEL
 
 from mint.models.backbones import build_backbone
 from mint.train.augment import MultiCrop
@@ -25,13 +26,9 @@ from mint.train.toy import write_toy_shards
 from mint.train.trainer import MintTrainer
 
 PARAMS = {
-    "backbone": "tiny-vit",
-    "batch_size": 4,
+    **TINY_MODEL,
     "global_crop_size": 32,
     "n_local_crops": 2,
-    "dino_prototypes": 16,
-    "dino_hidden_dim": 16,
-    "dino_bottleneck_dim": 8,
     "num_workers": 0,
 }
 VOCAB = {"visium": 6, "xenium": 4}

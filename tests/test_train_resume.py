@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_MODEL
 from safetensors.torch import load_file
 
 from mint.cli import main
@@ -28,14 +29,10 @@ from mint.train.trainer import train
 torch.set_num_threads(1)
 
 PARAMS = {
-    "backbone": "tiny-vit",
+    **TINY_MODEL,
     "steps": 6,
-    "batch_size": 4,
     "global_crop_size": 64,
     "n_local_crops": 2,
-    "dino_prototypes": 16,
-    "dino_hidden_dim": 16,
-    "dino_bottleneck_dim": 8,
     "teacher_temp_warmup_steps": 4,
     "freeze_last_layer_steps": 2,
     "warmup_steps": 2,
