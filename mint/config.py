@@ -65,9 +65,10 @@ def open_section_problems(config: dict) -> list[str]:
     """Every problem of the open sections, checked by the jobs' own code: unknown keys first
     (all of them, each naming its full key), else the first value a job would refuse.
     `config` has the schema's defaults filled in."""
-    from mint.train.config import TrainConfig
+    from mint.train.config import RENAMED, TrainConfig
 
-    train_keys = set(TrainConfig.field_names()) | set(_renamed())
+    # former names count as known: TrainConfig.from_dict answers them with the new name
+    train_keys = set(TrainConfig.field_names()) | set(RENAMED)
     train = config["train"]
     sections = [("train.defaults", train.get("defaults"))]
     sections += [(f"train.runs.{run}", o) for run, o in (train.get("runs") or {}).items()]
@@ -94,13 +95,6 @@ def open_section_problems(config: dict) -> list[str]:
 def check_open_sections(config: dict) -> None:
     """Raise MintError with the first problem of the open sections (see the module docstring)."""
     _raise_first(open_section_problems(config))
-
-
-def _renamed() -> dict:
-    """Former TrainConfig names, which TrainConfig.from_dict answers with their new name."""
-    from mint.train import config as train_config
-
-    return getattr(train_config, "RENAMED", {})
 
 
 def _pretrain_params(config: dict):
