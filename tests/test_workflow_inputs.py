@@ -152,6 +152,17 @@ def test_a_typo_anywhere_is_one_line_naming_the_key(tmp_path, key, value, path):
     assert lines[0].startswith(f"config '{path}': unknown key (known here: "), lines[0]
 
 
+def test_a_renamed_training_key_gets_its_new_name_not_unknown_key(tmp_path):
+    """A former TrainConfig name counts as known at parse time, so the user reads the training
+    parser's hint (the new name) instead of a bare "unknown key"."""
+    cfg = _config(tmp_path, train__defaults__teacher_temp=0.04)
+    proc = run_snakemake(["-n", "--configfile", str(cfg)], tmp_path, check=False)
+    assert proc.returncode != 0
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()]
+    assert len(lines) == 1, lines
+    assert "teacher_temp was renamed teacher_temp_start" in lines[0], lines[0]
+
+
 def test_config_on_the_command_line_is_coerced_or_refused_naming_the_key(tmp_path):
     """`--config` values arrive as strings: a number is read as a number (the plan shows it in
     the training parameters); a value that is not one is refused, naming the key."""
