@@ -30,8 +30,10 @@ folder and `sample_id` a wildcard such as "{sample}": the id is inserted literal
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
+from mint.errors import MintError
 from mint.hest.metadata import level_of
 
 #: Every file of a HEST-1k sample the pipeline reads, by key (the keys name them everywhere:
@@ -144,10 +146,6 @@ def bench_fold_count(task_dir: str | os.PathLike, task: str) -> int:
     train_k/test_k pairs for k = 0..n-1: HEST takes the fold count from the number of files
     there, so any other file would silently change it. The one check the download and the probe
     both use."""
-    import re
-
-    from mint.errors import MintError
-
     split_dir = Path(task_dir, BENCH_SPLITS_DIR)
     if not split_dir.is_dir():
         raise MintError(f"{task} {split_dir}: splits folder not found")
