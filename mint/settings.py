@@ -98,12 +98,18 @@ STAGES: dict[str, Stage] = {
     "synth": Stage(
         "synthetic",
         (
-            Option("seed", "--seed"),
-            Option("n_visium", "--n-visium"),
-            Option("n_st", "--n-st"),
-            Option("n_xenium", "--n-xenium"),
-            Option("slide_size_um", "--slide-size-um"),
-            Option("n_genes", "--n-genes"),
+            # every `mint synth` call of one run must get the same values (the samples, the
+            # metadata and the bench tasks are pure functions of them)
+            Option("seed", "--seed", help="dataset seed (same in every call of a run)"),
+            Option("n_visium", "--n-visium", help="Visium samples"),
+            Option("n_st", "--n-st", help="legacy ST samples"),
+            Option("n_xenium", "--n-xenium", help="Xenium samples"),
+            Option(
+                "slide_size_um",
+                "--slide-size-um",
+                help="slide width, um (Xenium and bench slides: half)",
+            ),
+            Option("n_genes", "--n-genes", help="genes in the synthetic panel (>= 60)"),
         ),
         "mint.synth.specs:SynthConfig",
     ),
