@@ -425,3 +425,75 @@ def test_levels_are_checked_on_first_use_and_a_failing_level_hands_over(slides, 
     )
     wsi.close()
     assert wsi._tiles_failed is None
+
+
+def test_box_plans_are_kept_per_box_and_output_size(slides):
+    """read_box keeps what it derives from a box size (level, scales) per (w, h, out_w, out_h):
+    boxes of other sizes read in between on the same slide get their own, as a fresh reader
+    gives them."""
+    path, _ = slides[0.25]
+    boxes = [(40.3, 60.7, 448.0, 448.0, PATCH, PATCH), (40.3, 60.7, 448.0, 224.0, PATCH, 112),
+             (40.3, 60.7, 448.0, 448.0, 112, 112), (40.3, 60.7, 896.0, 448.0, PATCH, 112)]  # fmt: skip
+    with WSI(path, 0.25, "S") as wsi:
+        for _ in range(2):
+            for box in boxes:
+                with WSI(path, 0.25, "S") as fresh:
+                    np.testing.assert_array_equal(wsi.read_box(*box), fresh.read_box(*box))
+
+
+def test_level0_check_catches_a_wrong_tile_grid_and_colours(slides, monkeypatch):
+    """The open-time check compares a block of a central level-0 tile with OpenSlide: a reader
+    that gets tile (0, 0) right but indexes the others wrongly (tiles across off by one), or
+    swaps colour channels, is caught and OpenSlide reads instead."""
+    import mint.data.tiff_tiles as tt
+
+    path, img = slides[0.5]
+    assert WSI(path, 0.5, "S").reads_tiles_directly
+    orig_init = tt._Level.__init__
+
+    def wrong_grid(self, page, width, height):
+        orig_init(self, page, width, height)
+        self.ntx += 1
+
+    monkeypatch.setattr(tt._Level, "__init__", wrong_grid)
+    wsi = WSI(path, 0.5, "S")
+    assert not wsi.reads_tiles_directly
+    np.testing.assert_array_equal(wsi.read_region(300, 260, 224, 224), img[260:484, 300:524])
+    monkeypatch.setattr(tt._Level, "__init__", orig_init)
+
+    orig_decode = tt.TiffTiles._decode
+
+    def bgr(self, level, ty, tx):
+        tile = orig_decode(self, level, ty, tx)
+        return None if tile is None else np.ascontiguousarray(tile[..., [2, 1, 0]])
+
+    monkeypatch.setattr(tt.TiffTiles, "_decode", bgr)
+    assert not WSI(path, 0.5, "S").reads_tiles_directly
+
+
+def test_tile_slabs_stay_bounded_and_are_freed(slides, monkeypatch):
+    """Decoded tiles live in shared slabs; an access pattern that keeps one tile of many
+    slabs cached (random boxes, a cache smaller than the level) cannot grow slab memory past
+    twice the cache, reads stay exact, and closing frees every slab."""
+    import gc
+
+    import mint.data.tiff_tiles as tt
+
+    monkeypatch.setattr(tt, "_SLAB_BYTES", 4 * 256 * 256 * 3)  # four tiles a slab
+    path, _ = slides[0.25]
+    wsi = WSI(path, 0.25, "S", cache_mb=1)
+    ref = WSI(path, 0.25, "S", direct=False)
+    slabs = wsi._tiles._slabs
+    assert slabs.limit == 2 << 20
+    rng = np.random.default_rng(5)
+    used = False
+    for x, y in rng.uniform(0, 1400, (60, 2)):
+        np.testing.assert_array_equal(
+            wsi.read_region(x, y, 224, 224), ref.read_region(x, y, 224, 224)
+        )
+        assert slabs.live <= slabs.limit
+        used = used or slabs.live > 0
+    assert used
+    wsi.close()
+    gc.collect()
+    assert slabs.live == 0

@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 from pathlib import Path
 
 import cv2
@@ -106,6 +107,8 @@ class WSI:
         self.level_dimensions = [tuple(int(v) for v in d) for d in self._slide.level_dimensions]
         self.level_downsamples = [float(d) for d in self._slide.level_downsamples]
         self.level_scales = [_content_scale(self.dimensions, d) for d in self.level_dimensions]
+        self._plans: dict[tuple, tuple] = {}
+        self._local = threading.local()
         self._tiles_failed: TiffTiles | None = None
         self._tiles = TiffTiles.open(self, cache_mb << 20) if direct else None
 
@@ -221,19 +224,21 @@ class WSI:
         (out_h, out_w, 3) uint8 array, e.g. one slot of a batch) the patch is written there and
         `out` is returned: the last colour conversion writes into it, saving a copy per patch.
         """
-        if w <= 0 or h <= 0 or out_w <= 0 or out_h <= 0:
-            raise ValueError(f"empty box or output size: {(x, y, w, h, out_w, out_h)}")
-        level = self.best_level(min(w / out_w, h / out_h))
-        kx, ky = self.level_scales[level]
-        bx, by, bw, bh = x / kx, y / ky, w / kx, h / ky
-        exact = _is_int(bx) and _is_int(by) and _is_int(bw) and _is_int(bh)
+        plan = self._plans.get((w, h, out_w, out_h))
+        if plan is None:
+            plan = self._plans[w, h, out_w, out_h] = self._plan(w, h, out_w, out_h)
+        level, kx, ky, bw, bh, whole = plan
+        bx, by = x / kx, y / ky
+        exact = whole and _is_int(bx) and _is_int(by)
         margin = 0 if exact else 1
         ix0 = math.floor(bx + _EPS) - margin
         iy0 = math.floor(by + _EPS) - margin
         ix1 = math.ceil(bx + bw - _EPS) + margin
         iy1 = math.ceil(by + bh - _EPS) + margin
         region, sx, sy = self._read_level(level, ix0, iy0, ix1 - ix0, iy1 - iy0)
-        img = resample(region, bx - sx, by - sy, bw, bh, out_w, out_h)
+        img = resample(
+            region, bx - sx, by - sy, bw, bh, out_w, out_h, self._warp_buffer(out_h, out_w)
+        )
         if out is None:
             return cv2.cvtColor(img, cv2.COLOR_RGBA2RGB) if img.shape[2] == 4 else img
         if out.shape != (out_h, out_w, 3) or out.dtype != np.uint8 or not out.flags.c_contiguous:
@@ -243,6 +248,25 @@ class WSI:
         else:
             out[...] = img
         return out
+
+    def _warp_buffer(self, h: int, w: int) -> np.ndarray:
+        """This thread's reused (h, w, 4) array for the warp's output, which read_box only
+        converts into the patch it returns (a new array per patch cost ~2 us of a ~200)."""
+        buf = getattr(self._local, "warp", None)
+        if buf is None or buf.shape[:2] != (h, w):
+            buf = self._local.warp = np.empty((h, w, 4), np.uint8)
+        return buf
+
+    def _plan(self, w: float, h: float, out_w: int, out_h: int) -> tuple:
+        """What :meth:`read_box` derives from the box size alone (level, its scales, the box
+        size there, whether that size is whole), kept per size: a tile run asks for thousands
+        of boxes of one size, and working this out again per patch cost ~5% of a patch."""
+        if w <= 0 or h <= 0 or out_w <= 0 or out_h <= 0:
+            raise ValueError(f"empty box or output size: {(w, h, out_w, out_h)}")
+        level = self.best_level(min(w / out_w, h / out_h))
+        kx, ky = self.level_scales[level]
+        bw, bh = w / kx, h / ky
+        return level, kx, ky, bw, bh, _is_int(bw) and _is_int(bh)
 
     def read_region(self, x: float, y: float, size_src: float, out_size: int) -> np.ndarray:
         """Square level-0 box with top-left (x, y) and side `size_src`, resampled to `out_size`.
@@ -302,14 +326,22 @@ def _is_int(v: float) -> bool:
 
 
 def resample(
-    img: np.ndarray, fx: float, fy: float, fw: float, fh: float, out_w: int, out_h: int
+    img: np.ndarray,
+    fx: float,
+    fy: float,
+    fw: float,
+    fh: float,
+    out_w: int,
+    out_h: int,
+    dst: np.ndarray | None = None,
 ) -> np.ndarray:
     """Resample the box (fx, fy, fw, fh) of `img` (pixel coordinates, corners) to out size.
 
     `img` may have 3 or 4 channels (the output has as many). Whole-pixel boxes use a plain crop
     or `cv2.resize` (area when shrinking, bilinear when enlarging). Fractional boxes are first shrunk with area averaging to about the output
     scale (anti-aliasing), then placed exactly with a bilinear affine warp, so the patch centre
-    is exact to a small fraction of a pixel.
+    is exact to a small fraction of a pixel. The warp writes into `dst` when it has the output's
+    shape (the result is then `dst`).
     """
     ih, iw = img.shape[:2]
     if _is_int(fx) and _is_int(fy) and _is_int(fw) and _is_int(fh):
@@ -334,6 +366,7 @@ def resample(
         img,
         m,
         (out_w, out_h),
+        dst=dst if dst is not None and dst.shape == (out_h, out_w, img.shape[2]) else None,
         flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
         borderMode=cv2.BORDER_REPLICATE,
     )
