@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import cv2
 import numpy as np
 import pytest
@@ -497,3 +499,80 @@ def test_tile_slabs_stay_bounded_and_are_freed(slides, monkeypatch):
     wsi.close()
     gc.collect()
     assert slabs.live == 0
+
+
+def test_reader_threads_decode_each_tile_once(slides, monkeypatch):
+    """Threads reading neighbouring patches at the same moment decode a shared tile once (the
+    others wait for it) and the batches equal a one-thread read, each batch intact until the
+    next-but-one is requested (the documented reuse)."""
+    import time
+
+    import mint.data.tiff_tiles as tt
+    from mint.data.tiling import read_patches
+
+    path, _ = slides[0.25]
+    rng = np.random.default_rng(11)
+    tops = rng.uniform(0, 1200, (48, 2))
+    with WSI(path, 0.25, "S") as wsi:
+        want = [wsi.read_region(x, y, 224.0, PATCH) for x, y in tops]
+    orig = tt.TiffTiles._decode
+    decoded: list[tuple] = []
+
+    def slow(self, level, ty, tx):  # slow decodes, so that threads ask for tiles together
+        decoded.append((level, ty, tx))
+        time.sleep(0.01)
+        return orig(self, level, ty, tx)
+
+    monkeypatch.setattr(tt.TiffTiles, "_decode", slow)
+    with WSI(path, 0.25, "S") as wsi:
+        decoded.clear()  # the open-time check decodes one tile
+        seen = []
+        for start, imgs in read_patches(wsi, tops, 224.0, PATCH, 4, 8, progress=False):
+            seen.append((start, imgs))
+            if len(seen) >= 2:  # the previous batch is still valid now
+                s, prev = seen[-2]
+                for k, img in enumerate(prev):
+                    np.testing.assert_array_equal(img, want[s + k])
+    assert len(decoded) == len(set(decoded)) > 4
+    for start, imgs in seen[-1:]:
+        for k, img in enumerate(imgs):
+            np.testing.assert_array_equal(img, want[start + k])
+
+
+def test_a_corrupt_tile_fails_every_reader_thread_with_the_sample(tmp_path, slides, monkeypatch):
+    """A tile that does not decode stops a threaded read with one error naming sample and file,
+    also in the threads that were waiting for that tile."""
+    import time
+
+    import mint.data.tiff_tiles as tt
+    from mint.data.tiling import read_patches
+
+    path, _ = slides[0.5]
+    orig = tt.TiffTiles._decode
+
+    def bad(self, level, ty, tx):
+        if (ty, tx) == (0, 2):  # not the tile the open-time check decoded
+            time.sleep(0.02)
+            raise MintError(f"{self.sample_id} {self.path}: cannot read pixels (corrupt slide?)")
+        return orig(self, level, ty, tx)
+
+    import threading
+
+    errors: list[BaseException] = []
+
+    def consume(wsi):
+        try:
+            for _ in read_patches(wsi, tops, 100.0, PATCH, 4, 8, progress=False):
+                pass
+        except BaseException as exc:  # noqa: BLE001 - handed to the test below
+            errors.append(exc)
+
+    with WSI(path, 0.5, "S9") as wsi:
+        monkeypatch.setattr(tt.TiffTiles, "_decode", bad)
+        tops = np.array([[560.0 + dx, 60.0 + dy] for dx in (0, 5, 10, 15) for dy in (0, 5)])
+        reader = threading.Thread(target=consume, args=(wsi,), daemon=True)
+        reader.start()
+        reader.join(60)  # a waiting thread that never hears of the failure would hang here
+        assert not reader.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], MintError)
+    assert re.search(r"S9 .*s0\.5\.tif: cannot read pixels", str(errors[0]))

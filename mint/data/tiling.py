@@ -112,6 +112,7 @@ def read_patches(
     is resampled exactly (:meth:`WSI.read_box`), so a spot patch is centred on the spot to a
     small fraction of an output pixel. Whole-pixel boxes take the reader's crop/resize path.
     Batch arrays are reused: a batch stays valid until the next-but-one is requested.
+    With `threads` > 1 the next batch is read while this one is with the caller.
 
     Parallelism is the `threads` reader threads only: OpenCV's own thread pool is set to one
     thread while patches are read (and restored after), because splitting one 224 px warp over
@@ -126,31 +127,48 @@ def read_patches(
     side = float(size_src)
     xy = np.asarray(tops, np.float64).tolist()  # Python floats once, not per patch
 
-    # Two buffers used in turn, so the caller may still be writing the previous batch (in a
-    # thread) while this one is read. Each patch is written straight into its slot.
-    bufs = [np.empty((min(batch, n), out_size, out_size, 3), np.uint8) for _ in range(2)]
+    # Buffers used in turn, each patch written straight into its slot: the caller may still be
+    # writing the previous batch (in a thread) while this one is read, and with reader threads
+    # the next batch is already being read while this one is yielded (a third buffer).
+    bufs = [
+        np.empty((min(batch, n), out_size, out_size, 3), np.uint8) for _ in range(3 if pool else 2)
+    ]
 
-    def fill(i: int, start: int) -> None:
-        x, y = xy[i][0], xy[i][1]
-        wsi.read_box(
-            x, y, side, side, out_size, out_size, out=bufs[(start // batch) % 2][i - start]
-        )
+    def fill_run(ids, buf: np.ndarray) -> None:
+        for i in ids:
+            x, y = xy[i]
+            wsi.read_box(x, y, side, side, out_size, out_size, out=buf[i % batch])
 
+    def start_batch(k: int) -> list:
+        """Queue batch k as one task per thread, not one per patch (a task costs about as much
+        as a 1 um/px patch): the batch cut into vertical strips, each thread's patches in the
+        given order. A batch spans a few rows of spots; strips side by side need the same
+        tile only at their border, where rows cut in halves would share every tile (a tile is
+        decoded once: the other thread waits for it)."""
+        lo, hi = k * batch, min(n, (k + 1) * batch)
+        by_x = sorted(range(lo, hi), key=lambda i: xy[i][0])
+        step = -(-(hi - lo) // threads)
+        return [pool.submit(fill_run, sorted(by_x[a : a + step]), bufs[k % len(bufs)])
+                for a in range(0, hi - lo, step)]  # fmt: skip
+
+    n_batches = -(-n // batch)
     try:
-        for start in range(0, n, batch):
-            ids = range(start, min(n, start + batch))
+        queued = start_batch(0) if pool and n_batches else []
+        for k in range(n_batches):
+            lo, hi = k * batch, min(n, (k + 1) * batch)
             if pool:
-                list(pool.map(fill, ids, [start] * len(ids)))
+                for run in queued:
+                    run.result()
+                queued = start_batch(k + 1) if k + 1 < n_batches else []
             else:
-                for i in ids:
-                    fill(i, start)
-            yield start, bufs[(start // batch) % 2][: len(ids)]
-            bar.update(len(ids))
+                fill_run(range(lo, hi), bufs[k % 2])
+            yield lo, bufs[k % len(bufs)][: hi - lo]
+            bar.update(hi - lo)
     finally:
         bar.close()
-        cv2.setNumThreads(cv_threads)
         if pool:
-            pool.shutdown()
+            pool.shutdown(cancel_futures=True)  # waits for runs already reading
+        cv2.setNumThreads(cv_threads)
 
 
 def tile_sample(info: SampleInfo, paths: SamplePaths, out: Path, cfg: TileConfig) -> dict:
