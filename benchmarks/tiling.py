@@ -56,6 +56,8 @@ PATCH = 224
 TARGET_UM = 0.5
 SPOT_PITCH_UM = 100.0
 N_CHECK = 12
+#: patches per batch, as `mint tile` reads them (TileConfig.batch)
+BATCH = 32
 #: name -> (pixel size um/px, layout)
 SLIDES = {
     "V025": (0.25, "spot"),
@@ -179,7 +181,7 @@ def child(method: str, d: Path, sid: str, threads: int, extent: str) -> dict:
     else:
         with WSI(path, ps, sid) as wsi:
             for start, imgs in read_patches(
-                wsi, lay["mint_boxes"], lay["mint_side"], PATCH, threads, 64, progress=False
+                wsi, lay["mint_boxes"], lay["mint_side"], PATCH, threads, BATCH, progress=False
             ):
                 for i in check.intersection(range(start, start + len(imgs))):
                     kept[i] = imgs[i - start].copy()

@@ -128,11 +128,11 @@ def read_patches(
     xy = np.asarray(tops, np.float64).tolist()  # Python floats once, not per patch
 
     # Buffers used in turn, each patch written straight into its slot: the caller may still be
-    # writing the previous batch (in a thread) while this one is read, and with reader threads
-    # the next batch is already being read while this one is yielded (a third buffer).
-    bufs = [
-        np.empty((min(batch, n), out_size, out_size, 3), np.uint8) for _ in range(3 if pool else 2)
-    ]
+    # writing the previous batch (in a thread) while this one is read. Reader threads keep
+    # `ahead` batches queued, so that none idles at the end of a batch waiting for the others
+    # (two more buffers).
+    ahead = 2 if pool else 0
+    bufs = [np.empty((min(batch, n), out_size, out_size, 3), np.uint8) for _ in range(2 + ahead)]
 
     def fill_run(ids, buf: np.ndarray) -> None:
         for i in ids:
@@ -153,13 +153,14 @@ def read_patches(
 
     n_batches = -(-n // batch)
     try:
-        queued = start_batch(0) if pool and n_batches else []
+        queued = [start_batch(k) for k in range(min(ahead, n_batches))]
         for k in range(n_batches):
             lo, hi = k * batch, min(n, (k + 1) * batch)
             if pool:
-                for run in queued:
+                for run in queued.pop(0):
                     run.result()
-                queued = start_batch(k + 1) if k + 1 < n_batches else []
+                if k + ahead < n_batches:  # into the buffer of batch k - 2, released now
+                    queued.append(start_batch(k + ahead))
             else:
                 fill_run(range(lo, hi), bufs[k % 2])
             yield lo, bufs[k % len(bufs)][: hi - lo]
