@@ -112,7 +112,7 @@ def read_patches(
     is resampled exactly (:meth:`WSI.read_box`), so a spot patch is centred on the spot to a
     small fraction of an output pixel. Whole-pixel boxes take the reader's crop/resize path.
     Batch arrays are reused: a batch stays valid until the next-but-one is requested.
-    With `threads` > 1 the next batch is read while this one is with the caller.
+    With `threads` > 1 the next two batches are read while this one is with the caller.
 
     Parallelism is the `threads` reader threads only: OpenCV's own thread pool is set to one
     thread while patches are read (and restored after), because splitting one 224 px warp over

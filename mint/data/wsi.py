@@ -50,6 +50,10 @@ _LEVEL_TOLERANCE = 1e-3
 _EPS = 1e-6
 #: Bytes of level pixels decoded at once when building a whole-slide view.
 _BAND_BYTES = 64 << 20
+#: Largest warp output kept in a per-thread buffer (a 224 px patch is 0.2 MB).
+_WARP_BUFFER_BYTES = 1 << 20
+#: Box sizes whose read plan a WSI keeps (a tile run uses one).
+_PLANS = 64
 
 
 def check_pixel_size(value, sample_id: str, source: str) -> float:
@@ -226,6 +230,8 @@ class WSI:
         """
         plan = self._plans.get((w, h, out_w, out_h))
         if plan is None:
+            if len(self._plans) >= _PLANS:  # boxes of ever new sizes: keep it small
+                self._plans.clear()
             plan = self._plans[w, h, out_w, out_h] = self._plan(w, h, out_w, out_h)
         level, kx, ky, bw, bh, whole = plan
         bx, by = x / kx, y / ky
@@ -249,9 +255,13 @@ class WSI:
             out[...] = img
         return out
 
-    def _warp_buffer(self, h: int, w: int) -> np.ndarray:
+    def _warp_buffer(self, h: int, w: int) -> np.ndarray | None:
         """This thread's reused (h, w, 4) array for the warp's output, which read_box only
-        converts into the patch it returns (a new array per patch cost ~2 us of a ~200)."""
+        converts into the patch it returns (a new array per patch cost ~2 us of a ~200).
+        None for outputs above a few patches (whole-slide bands): not kept for the slide's
+        lifetime."""
+        if h * w * 4 > _WARP_BUFFER_BYTES:
+            return None
         buf = getattr(self._local, "warp", None)
         if buf is None or buf.shape[:2] != (h, w):
             buf = self._local.warp = np.empty((h, w, 4), np.uint8)
