@@ -28,7 +28,6 @@ import threading
 import weakref
 import zlib
 from collections import OrderedDict
-from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
 import cv2
@@ -172,6 +171,23 @@ class _Level:
         self.jpeg_tables = bytes(tables) if tables else b""
 
 
+class _Decoding:
+    """A tile one reader thread is decoding; the others wait for its tile or its error."""
+
+    __slots__ = ("done", "tile", "error")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.tile: np.ndarray | None = None
+        self.error: BaseException | None = None
+
+    def result(self) -> np.ndarray | None:
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.tile
+
+
 class UseOpenSlide(Exception):
     """A level's direct reads disagree with OpenSlide (raised by the lazy self-check)."""
 
@@ -189,7 +205,7 @@ class TiffTiles:
         self.cache_bytes = max(int(cache_bytes), 1 << 20)
         self._cache: OrderedDict[tuple[int, int, int], np.ndarray | None] = OrderedDict()
         self._cached = 0
-        self._pending: dict[tuple[int, int, int], Future] = {}
+        self._pending: dict[tuple[int, int, int], _Decoding] = {}
         self._slabs = _Slabs(2 * self.cache_bytes)
         self._lock = threading.Lock()
         self._fd = os.open(self.path, os.O_RDONLY)
@@ -313,7 +329,7 @@ class TiffTiles:
                 return self._cache[key]
             pending = self._pending.get(key)
             if pending is None:
-                pending = self._pending[key] = Future()
+                pending = self._pending[key] = _Decoding()
                 decoder = True
             else:
                 decoder = False
@@ -324,7 +340,8 @@ class TiffTiles:
         except BaseException as exc:
             with self._lock:
                 del self._pending[key]
-            pending.set_exception(exc)
+            pending.error = exc
+            pending.done.set()
             raise
         with self._lock:
             del self._pending[key]
@@ -333,7 +350,8 @@ class TiffTiles:
             while self._cached > self.cache_bytes and len(self._cache) > 1:
                 _, old = self._cache.popitem(last=False)
                 self._cached -= 0 if old is None else old.nbytes
-        pending.set_result(tile)
+        pending.tile = tile
+        pending.done.set()
         return tile
 
     def _decode(self, level: int, ty: int, tx: int) -> np.ndarray | None:
