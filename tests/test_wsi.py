@@ -443,10 +443,11 @@ def test_box_plans_are_kept_per_box_and_output_size(slides):
                     np.testing.assert_array_equal(wsi.read_box(*box), fresh.read_box(*box))
 
 
-def test_level0_check_catches_a_wrong_tile_grid_and_colours(slides, monkeypatch):
+def test_level0_check_catches_a_wrong_tile_grid_and_colours(slides, monkeypatch, tmp_path):
     """The open-time check compares a block of a central level-0 tile with OpenSlide: a reader
     that gets tile (0, 0) right but indexes the others wrongly (tiles across off by one), or
-    swaps colour channels, is caught and OpenSlide reads instead."""
+    swaps colour channels, is caught and OpenSlide reads instead, also when that tile is
+    blank glass."""
     import mint.data.tiff_tiles as tt
 
     path, img = slides[0.5]
@@ -471,6 +472,14 @@ def test_level0_check_catches_a_wrong_tile_grid_and_colours(slides, monkeypatch)
 
     monkeypatch.setattr(tt.TiffTiles, "_decode", bgr)
     assert not WSI(path, 0.5, "S").reads_tiles_directly
+    # Blank glass under the central tile (white reads white in any channel order): the check
+    # goes on to tiles elsewhere and still catches the swap.
+    glass = img.copy()
+    glass[256:512, 256:512] = 255  # the central tile of this 800 x 720 slide
+    blank = write_pyramidal_tiff_array(tmp_path / "glass.tif", glass, pixel_size_um=0.5)
+    assert not WSI(blank, 0.5, "S").reads_tiles_directly
+    monkeypatch.setattr(tt.TiffTiles, "_decode", orig_decode)
+    assert WSI(blank, 0.5, "S").reads_tiles_directly
 
 
 def test_tile_slabs_stay_bounded_and_are_freed(slides, monkeypatch):
@@ -497,6 +506,7 @@ def test_tile_slabs_stay_bounded_and_are_freed(slides, monkeypatch):
         used = used or slabs.live > 0
     assert used
     wsi.close()
+    ref.close()
     gc.collect()
     assert slabs.live == 0
 
@@ -567,13 +577,29 @@ def test_a_corrupt_tile_fails_every_reader_thread_with_the_sample(tmp_path, slid
         except BaseException as exc:  # noqa: BLE001 - handed to the test below
             errors.append(exc)
 
+    made: list = []
+
+    class Tracked(tt._Decoding):  # every decode in flight, to release threads left waiting
+        __slots__ = ()
+
+        def __init__(self) -> None:
+            super().__init__()
+            made.append(self)
+
+    monkeypatch.setattr(tt, "_Decoding", Tracked)
     with WSI(path, 0.5, "S9") as wsi:
         monkeypatch.setattr(tt.TiffTiles, "_decode", bad)
         tops = np.array([[560.0 + dx, 60.0 + dy] for dx in (0, 5, 10, 15) for dy in (0, 5)])
         reader = threading.Thread(target=consume, args=(wsi,), daemon=True)
         reader.start()
         reader.join(60)  # a waiting thread that never hears of the failure would hang here
-        assert not reader.is_alive()
+        stuck = reader.is_alive()
+        if stuck:  # release them, so that the suite fails here instead of hanging at exit
+            for rec in made:
+                rec.error = RuntimeError("released by the test")
+                rec.done.set()
+            reader.join(60)
+        assert not stuck
     assert len(errors) == 1 and isinstance(errors[0], MintError)
     assert re.search(r"S9 .*s0\.5\.tif: cannot read pixels", str(errors[0]))
 
@@ -591,3 +617,34 @@ def test_reader_keeps_only_small_per_slide_state(slides):
         for k in range(100):
             wsi.read_box(10.0, 20.0, 100.0 + k, 100.0 + k, 64, 64)
         assert len(wsi._plans) <= 64
+
+
+def test_a_slab_freed_by_the_garbage_collector_inside_take_does_not_deadlock(monkeypatch):
+    """A slab kept only by a reference cycle (e.g. a failed read's traceback holding a tile) is
+    freed whenever the cyclic collector runs, possibly inside `_Slabs.take` while it holds its
+    lock; the slab's finalizer takes the same lock, so it must be re-entrant."""
+    import gc
+    import threading
+    import weakref
+
+    import mint.data.tiff_tiles as tt
+
+    monkeypatch.setattr(tt, "_SLAB_BYTES", 4 * 64 * 64 * 3)
+    slabs = tt._Slabs(1 << 30)
+    cycle: list = [slabs.take((64, 64, 3))]
+    cycle.append(cycle)  # the only reference to the first slab is now this cycle
+    for _ in range(3):
+        slabs.take((64, 64, 3))  # fill the first slab: the next take starts a new one
+    del cycle
+    real_finalize = weakref.finalize
+
+    def finalize_after_gc(*args):  # a collection at an allocation inside take
+        gc.collect()
+        return real_finalize(*args)
+
+    monkeypatch.setattr(tt.weakref, "finalize", finalize_after_gc)
+    taker = threading.Thread(target=slabs.take, args=((64, 64, 3),), daemon=True)
+    taker.start()
+    taker.join(30)
+    assert not taker.is_alive()
+    assert slabs.live == 4 * 64 * 64 * 3  # the first slab freed, the second live

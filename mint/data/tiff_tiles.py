@@ -49,6 +49,12 @@ _SCRATCH_BYTES = 4 << 20
 #: Largest mean |direct - OpenSlide| (uint8) accepted by the self-check (JPEG decoders may
 #: round a few pixels differently; a wrong colour space or layout is off by tens).
 _CHECK_MAD = 1.0
+#: Where the level-0 check looks (fractions of width and height; the tile there, first the
+#: central one), and the per-channel standard deviation from which a block counts as showing
+#: something rather than blank glass.
+_CHECK_AT = ((0.5, 0.5), (0.25, 0.25), (0.75, 0.75), (0.25, 0.75), (0.75, 0.25),
+             (0.5, 0.25), (0.5, 0.75), (0.25, 0.5), (0.75, 0.5))  # fmt: skip
+_CHECK_TEXTURE = 2.0
 #: Decoded tiles live in slabs of this many bytes (see :class:`_Slabs`). At least 4 MiB, the
 #: size from which numpy asks Linux for transparent huge pages.
 _SLAB_BYTES = 8 << 20
@@ -66,13 +72,15 @@ class _Slabs:
     tiles are decoded and evicted roughly in order (patches come in raster order), so whole
     slabs fall out of the cache together and are freed. Live slab memory is capped at twice
     the cache: past that (an access pattern that keeps one tile of many slabs alive) tiles
-    get their own arrays, as before. Thread safe.
+    get their own arrays, as before, within the cache's budget, so decoded tiles never take
+    more than three times the cache. Thread safe; the lock is re-entrant because a slab can
+    be freed (and :meth:`_freed` run) by a garbage collection inside :meth:`take`.
     """
 
     def __init__(self, limit_bytes: int):
         self.limit = int(limit_bytes)
         self.live = 0  # bytes of slabs not yet freed
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._free: dict[tuple[int, ...], tuple[np.ndarray, int]] = {}
 
     def take(self, shape: tuple[int, ...]) -> np.ndarray:
@@ -100,7 +108,7 @@ class _Slabs:
     def close(self) -> None:
         with self._lock:
             free, self._free = self._free, {}
-        free.clear()  # outside the lock: freeing a slab runs _freed, which takes it
+        free.clear()
 
 
 class _Inflate:
@@ -183,9 +191,12 @@ class _Decoding:
 
     def result(self) -> np.ndarray | None:
         self.done.wait()
-        if self.error is not None:
+        if self.error is None:
+            return self.tile
+        try:
             raise self.error
-        return self.tile
+        finally:
+            self = None  # noqa: PLW0642 - no cycle error -> traceback -> this frame -> self
 
 
 class UseOpenSlide(Exception):
@@ -277,18 +288,25 @@ class TiffTiles:
         Runs once per level, before the level's first direct read.
 
         Level 0 (checked whenever a slide is opened): the last 32 x 32 pixels of a central
-        tile, which a wrong tile size, tile index or colour space would all get wrong; a
-        small block because OpenSlide's compositing of a whole tile cost as much as the rest
-        of opening the slide. Other levels: their whole first tile (their level coordinates
-        must be integers in level-0 pixels, or OpenSlide would resample)."""
+        tile, which a wrong tile size, tile index or colour space gets wrong wherever the
+        slide shows something; a small block because OpenSlide's compositing of a whole tile
+        cost as much as the rest of opening the slide. Blank glass would pass any reader, so
+        while the block compared is uniform the check goes on to the blocks of up to eight
+        more tiles spread over the slide. Other levels: their whole first tile (their level
+        coordinates must be integers in level-0 pixels, or OpenSlide would resample)."""
         with self._check_lock:
             if level in self._checked or self.failed:
                 return self.failed
             lv = self.levels[level]
             if level == 0:
-                tx, ty = (lv.width // 2) // lv.tw * lv.tw, (lv.height // 2) // lv.th * lv.th
-                x1, y1 = min(tx + lv.tw, lv.width), min(ty + lv.th, lv.height)
-                blocks = [(max(tx, x1 - 32), max(ty, y1 - 32), x1, y1)]
+                blocks = []
+                for fx, fy in _CHECK_AT:
+                    tx = int(lv.width * fx) // lv.tw * lv.tw
+                    ty = int(lv.height * fy) // lv.th * lv.th
+                    x1, y1 = min(tx + lv.tw, lv.width), min(ty + lv.th, lv.height)
+                    block = (max(tx, x1 - 32), max(ty, y1 - 32), x1, y1)
+                    if block not in blocks:
+                        blocks.append(block)
             else:
                 blocks = [(0, 0, min(lv.tw, lv.width), min(lv.th, lv.height))]
             for x, y, x1, y1 in blocks:
@@ -304,6 +322,8 @@ class TiffTiles:
                         f"direct tile read differs from OpenSlide at level {level} (mad {mad:.2f})"
                     )
                     return self.failed
+                if max(cv2.meanStdDev(ref)[1][:3].ravel()) >= _CHECK_TEXTURE:
+                    break  # a block with content agreed
             self._checked.add(level)
             return ""
 
@@ -335,23 +355,25 @@ class TiffTiles:
                 decoder = False
         if not decoder:
             return pending.result()
+        tile = None
         try:
-            tile = self._decode(level, ty, tx)
-        except BaseException as exc:
+            tile = pending.tile = self._decode(level, ty, tx)
             with self._lock:
-                del self._pending[key]
+                self._cache[key] = tile
+                self._cached += 0 if tile is None else tile.nbytes
+                while self._cached > self.cache_bytes and len(self._cache) > 1:
+                    _, old = self._cache.popitem(last=False)
+                    self._cached -= 0 if old is None else old.nbytes
+        except BaseException as exc:
             pending.error = exc
-            pending.done.set()
             raise
-        with self._lock:
-            del self._pending[key]
-            self._cache[key] = tile
-            self._cached += 0 if tile is None else tile.nbytes
-            while self._cached > self.cache_bytes and len(self._cache) > 1:
-                _, old = self._cache.popitem(last=False)
-                self._cached -= 0 if old is None else old.nbytes
-        pending.tile = tile
-        pending.done.set()
+        finally:
+            # Whatever happened, waiting threads are released and the next asker decodes
+            # again (a failed tile is not cached).
+            with self._lock:
+                self._pending.pop(key, None)
+            pending.done.set()
+            pending = None  # no cycle error -> traceback -> this frame -> pending -> error
         return tile
 
     def _decode(self, level: int, ty: int, tx: int) -> np.ndarray | None:
