@@ -241,7 +241,7 @@ def _rss_check(base: Path, threads: int) -> None:
         )
 
 
-def _resample_costs(sids: list[str], n: int = 2000) -> None:
+def _resample_costs(d: Path, sids: list[str], n: int = 2000) -> None:
     """Microseconds a patch of the resampling step alone, one thread, warm data: mint's exact
     sub-pixel warp (`mint.data.wsi.resample` on the RGBA region plus the conversion to RGB, as
     read_box) against hestcore's `cv2.resize` of its integer RGB box (called even when the
@@ -249,8 +249,9 @@ def _resample_costs(sids: list[str], n: int = 2000) -> None:
     (um/px > 0.5) this step alone is about twice hestcore's: the warp places the patch
     exactly, the resize cannot shift it by a fraction of a pixel."""
     import cv2
+    import openslide
 
-    from mint.data.wsi import resample
+    from mint.data.wsi import WSI, resample
 
     cv2.setNumThreads(1)
     rng = np.random.default_rng(0)
@@ -260,10 +261,14 @@ def _resample_costs(sids: list[str], n: int = 2000) -> None:
         if kind != "spot":
             continue
         side = PATCH * TARGET_UM / ps
-        # the level each method reads: mint the finest with downsample <= side / PATCH, hestcore
-        # OpenSlide's best level for that downsample (the same /2 pyramid here)
-        ds = 2.0 ** max(0, int(np.floor(np.log2(side / PATCH) + 1e-9)))
-        m_side, h_side = side / ds, round(side / ds)
+        # the box side at the level each method reads from this slide: mint's best_level,
+        # hestcore's OpenSlide best level for its downsample, its integer side there
+        with WSI(slide_path(d, sid), ps, sid) as wsi:
+            m_side = side / wsi.level_scales[wsi.best_level(side / PATCH)][0]
+        with openslide.OpenSlide(str(slide_path(d, sid))) as slide:
+            h_src = round(PATCH * TARGET_UM / ps)
+            level = slide.get_best_level_for_downsample(TARGET_UM / ps)
+            h_side = round(h_src / slide.level_downsamples[level])
         region = rng.integers(
             0, 256, (int(np.ceil(m_side)) + 3, int(np.ceil(m_side)) + 3, 4), np.uint8
         )
@@ -374,7 +379,7 @@ def main() -> None:
                 f"t={t}: {w0 / best[(sid, 'mint', t)]['wall_s']:.2f}x" for t in threads
             )
             print(f"{sid:6} {gains}")
-    _resample_costs(sids)
+    _resample_costs(args.out_dir / extent, sids)
     if args.rss or not args.quick:
         _rss_check(args.out_dir, threads[0])
     print(f"min ratio vs hestcore: {min(ratios.values()):.2f}")

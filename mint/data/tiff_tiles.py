@@ -107,8 +107,7 @@ class _Slabs:
 
     def close(self) -> None:
         with self._lock:
-            free, self._free = self._free, {}
-        free.clear()
+            self._free.clear()
 
 
 class _Inflate:
@@ -355,7 +354,6 @@ class TiffTiles:
                 decoder = False
         if not decoder:
             return pending.result()
-        tile = None
         try:
             tile = pending.tile = self._decode(level, ty, tx)
             with self._lock:
