@@ -353,10 +353,15 @@ def stage_opts(stage: str, section: dict, keys: Iterable[str] | None = None) -> 
 
 
 # ---------------------------------------------------------------------------------- the CLI
+def _stage_class(stage: str) -> type:
+    """The stage's settings dataclass ("module:Name" in its Stage)."""
+    module, name = STAGES[stage].defaults.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def stage_defaults(stage: str) -> Any:
     """An instance of the stage's dataclass with every default (the truth for the CLI)."""
-    module, name = STAGES[stage].defaults.split(":")
-    return getattr(importlib.import_module(module), name)()
+    return _stage_class(stage)()
 
 
 def add_options(parser: argparse.ArgumentParser, stage: str) -> None:
@@ -391,7 +396,5 @@ def add_options(parser: argparse.ArgumentParser, stage: str) -> None:
 
 def from_args(stage: str, args: argparse.Namespace, **extra: Any) -> Any:
     """The stage's dataclass from parsed options (plus `extra` fields the CLI does not set)."""
-    module, name = STAGES[stage].defaults.split(":")
-    cls = getattr(importlib.import_module(module), name)
     values = {o.dest: getattr(args, o.dest) for o in STAGES[stage].options}
-    return cls(**values, **extra)
+    return _stage_class(stage)(**values, **extra)

@@ -27,7 +27,7 @@ import pandas as pd
 from mint.errors import MintError
 from mint.hest import layout
 
-SPLIT_COLUMNS = ("sample_id", "patches_path", "expr_path")
+SPLIT_COLUMNS = layout.BENCH_SPLIT_COLUMNS
 GENES_FILE = layout.BENCH_GENES
 
 

@@ -56,14 +56,12 @@ def check_task(task_dir: str | os.PathLike, task: str) -> int:
     n_folds = layout.bench_fold_count(d, task)
     for k in range(n_folds):
         for kind in layout.BENCH_SPLIT_KINDS:
-            f = d / layout.bench_split(kind, k)
-            if not f.is_file():
-                raise MintError(f"{task} {f}: missing split file")
+            f = d / layout.bench_split(kind, k)  # bench_fold_count: the file is there
             try:
                 df = pd.read_csv(f)
             except (OSError, ValueError) as exc:
                 raise MintError(f"{task} {f}: unreadable split file ({one_line(exc)})") from None
-            for col in ("sample_id", "patches_path", "expr_path"):
+            for col in layout.BENCH_SPLIT_COLUMNS:
                 if col not in df.columns:
                     raise MintError(f"{task} {f}: missing column {col!r}")
             for _, r in df.iterrows():

@@ -58,6 +58,8 @@ BENCH_SPLITS_DIR = "splits"
 BENCH_DIRS: tuple[str, ...] = ("adata", "patches", BENCH_SPLITS_DIR)
 BENCH_GENES = "var_50genes.json"
 BENCH_SPLIT_KINDS: tuple[str, ...] = ("train", "test")
+#: Columns every split CSV must have (HEST's bench reads these three).
+BENCH_SPLIT_COLUMNS = ("sample_id", "patches_path", "expr_path")
 
 
 def _join(root: str | os.PathLike | None, rel: str) -> str:

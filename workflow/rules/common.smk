@@ -23,7 +23,7 @@ from mint.config import (
 from mint.errors import MintError
 from mint.hest import layout
 from mint.hest.bench import bench_tasks
-from mint.hest.metadata import level_of, read_metadata
+from mint.hest.metadata import read_metadata
 from mint.hest.select import SelectionConfig, select_samples
 from mint.safe import check_name, model_key
 from mint.settings import opt, opts, q, stage_opts
@@ -93,7 +93,7 @@ SAMPLES = list(select_samples(METADATA, SELECTION_CONFIG, SOURCE).samples["id"])
 XENIUM_SAMPLES = [
     i
     for i, t in zip(METADATA["id"], METADATA["st_technology"])
-    if level_of(t) == "patch"
+    if layout.is_patch_level(t)
 ]
 SPOT_SAMPLES = [i for i in METADATA["id"] if i not in set(XENIUM_SAMPLES)]
 if not SAMPLES:
