@@ -22,7 +22,6 @@ from mint.hest.layout import METADATA_CSV, sample_file
 from mint.synth.hest import SynthConfig, generate_sample
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
 
 #: The training settings every toy run shares: the tiny ViT and a DINO head small enough that a
 #: few steps run in seconds on one CPU core. Tests add their steps, crops and schedules.
@@ -76,10 +75,6 @@ def run_snakemake(
             f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}{logs}"
         )
     return proc
-
-
-def has_shared_csv() -> bool:
-    return (SHARED / "data" / "HEST_v1_1_0.csv").exists()
 
 
 def job_counts(stdout: str) -> dict[str, int]:
