@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from mint.data.genes import is_control
+from mint.data.genes import drop_controls
 from mint.errors import MintError
 from mint.hest import layout
 from mint.hest.bench import SYNTHETIC_BENCH_TASKS, BenchTask
@@ -76,7 +76,7 @@ def _select_bench_genes(adatas: list, n: int = 50) -> list[str]:
     import scanpy as sc
 
     shared = sorted(set.intersection(*(set(a.var_names) for a in adatas)))
-    shared = [g for g in shared if not is_control(g)]
+    shared = drop_controls(shared)
     detect = np.stack(
         [
             np.asarray(

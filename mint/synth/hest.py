@@ -274,10 +274,8 @@ def generate_sample(
         p = path("cell_seg")
         write_cell_seg(p, spec, xd, variant_set)
         written.append(p)
-        n_genes_sample = len(gm.xenium)
     else:
         obs, spatial, counts, genes = spot_table(spec, model, gm, cfg.seed)
-        n_genes_sample = len(genes)
     p = path("st")
     write_h5ad(p, obs, spatial, counts, genes)
     written.append(p)
@@ -289,7 +287,9 @@ def generate_sample(
     write_json(p, contours, indent=None)
     written.append(p)
 
-    row = _metadata_row(spec, n_genes_sample, _spots_under_tissue(spec, model))
+    row = _metadata_row(
+        spec, len(sample_genes(spec, gm, cfg.seed)), _spots_under_tissue(spec, model)
+    )
     row = {k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
     p = path("meta")
     write_json(p, row)
