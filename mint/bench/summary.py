@@ -126,6 +126,11 @@ def load_leaderboard() -> pd.DataFrame:
     return df
 
 
+def leaderboard_tasks(lb: pd.DataFrame) -> list[str]:
+    """The leaderboard's tasks that its `average` covers (all but AVERAGE_EXCLUDED)."""
+    return [c for c in lb.columns if c not in {"model", "average", *AVERAGE_EXCLUDED}]
+
+
 def run(args: argparse.Namespace) -> int:
     long = collect(args.inputs)
     table = summarize(long)

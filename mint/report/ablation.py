@@ -279,10 +279,10 @@ def leaderboard_with_ours(
 
     Returns (table, comparable): comparable is False when our tasks are not the published
     ones (the synthetic demo), in which case our averages are over other tasks."""
-    from mint.bench.summary import load_leaderboard
+    from mint.bench.summary import leaderboard_tasks, load_leaderboard
 
     lb = load_leaderboard()
-    lb_tasks = [c for c in lb.columns if c not in {"model", "average", *AVERAGE_EXCLUDED}]
+    lb_tasks = leaderboard_tasks(lb)
     ours_tasks = averaged_tasks(results)
     comparable = set(ours_tasks) == set(lb_tasks)
     table = lb[["model", "average"]].copy()

@@ -58,7 +58,7 @@ def _score_comparison_figure(
 
 
 def bench_section(summary_csv: str, base: str, runs: list[str]) -> tuple[Section, list[Figure]]:
-    from mint.bench.summary import load_leaderboard
+    from mint.bench.summary import leaderboard_tasks, load_leaderboard
 
     df = read_csv(summary_csv, "HEST-Bench summary")
     sec = Section("HEST-Bench", "hest-bench")
@@ -108,12 +108,10 @@ def bench_section(summary_csv: str, base: str, runs: list[str]) -> tuple[Section
     if lb_tasks:
         lb = lb.copy()
         cols = ["model", *lb_tasks]
-        lb_avg_tasks = [t for t in lb_tasks if t not in AVERAGE_EXCLUDED]
-        all_lb_tasks = [c for c in lb.columns if c not in {"model", "average", *EXCLUDED}]
-        if set(lb_avg_tasks) != set(all_lb_tasks):
+        if set(lb_tasks) != set(leaderboard_tasks(lb)):  # lb_tasks: none in AVERAGE_EXCLUDED
             # A partial run: the published 9-task average is not comparable with ours, so
             # average the leaderboard over the tasks this run has.
-            lb["average (these tasks)"] = lb[lb_avg_tasks].mean(axis=1)
+            lb["average (these tasks)"] = lb[lb_tasks].mean(axis=1)
             cols += ["average (these tasks)", "average"]
         elif "average" in lb.columns:
             cols.append("average")
