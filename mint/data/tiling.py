@@ -156,14 +156,15 @@ def read_patches(
         queued = [start_batch(k) for k in range(min(ahead, n_batches))]
         for k in range(n_batches):
             lo, hi = k * batch, min(n, (k + 1) * batch)
+            buf = bufs[k % len(bufs)]
             if pool:
                 for run in queued.pop(0):
                     run.result()
                 if k + ahead < n_batches:  # into the buffer of batch k - 2, released now
                     queued.append(start_batch(k + ahead))
             else:
-                fill_run(range(lo, hi), bufs[k % 2])
-            yield lo, bufs[k % len(bufs)][: hi - lo]
+                fill_run(range(lo, hi), buf)
+            yield lo, buf[: hi - lo]
             bar.update(hi - lo)
     finally:
         bar.close()
