@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -73,6 +74,18 @@ EXTENT_UM = {"full": (3000.0, 2400.0), "mid": (2000.0, 1600.0), "quick": (1000.0
 RSS_SLIDE, RSS_EXTENTS = "V025", ("quick", "mid", "full")
 
 
+def slide_spec(sid: str) -> tuple[float, str]:
+    """(pixel size, layout) of a slide name: one of SLIDES, or ``V`` and three digits for a
+    spot slide at digits / 100 um/px (``V090``: 0.9 um/px), to place a ratio between two rows."""
+    if sid in SLIDES:
+        return SLIDES[sid]
+    m = re.fullmatch(r"V(\d{3})", sid)
+    if m and int(m.group(1)) > 0:
+        return int(m.group(1)) / 100, "spot"
+    raise SystemExit(f"--slides: unknown slide {sid!r} (one of {', '.join(SLIDES)}, or V and "
+                     "three digits: a spot slide at that many hundredths of a um/px)")  # fmt: skip
+
+
 def slide_path(d: Path, sid: str) -> Path:
     return d / f"{sid}.tif"
 
@@ -96,7 +109,7 @@ def make_slide(d: Path, sid: str, ps: float, w_um: float, h_um: float) -> None:
 
 def layout(sid: str, w_um: float, h_um: float) -> dict:
     """Boxes both methods are asked for (level-0 px) and the centre (um) each should have."""
-    ps, kind = SLIDES[sid]
+    ps, kind = slide_spec(sid)
     side = PATCH * TARGET_UM / ps
     if kind == "spot":
         rng = np.random.default_rng(7)
@@ -146,7 +159,7 @@ def child(method: str, d: Path, sid: str, threads: int, extent: str) -> dict:
     """Extract every patch of `sid` with `method` in this process; return the figures."""
     from alignment import offset_xy, truth_patch
 
-    ps, _ = SLIDES[sid]
+    ps, _ = slide_spec(sid)
     lay = layout(sid, *EXTENT_UM[extent])
     path = slide_path(d, sid)
     n = len(lay["centre_um"])
@@ -257,7 +270,7 @@ def _resample_costs(d: Path, sids: list[str], n: int = 2000) -> None:
     rng = np.random.default_rng(0)
     print("resampling alone, us a patch (one thread; mint: the level it reads, hestcore: its own)")
     for sid in sids:
-        ps, kind = SLIDES[sid]
+        ps, kind = slide_spec(sid)
         if kind != "spot":
             continue
         side = PATCH * TARGET_UM / ps
@@ -297,7 +310,13 @@ def main() -> None:
     ap.add_argument(
         "--repeats", type=int, default=None, help="runs per method, best counts (3; --quick 2)"
     )
-    ap.add_argument("--slides", default=",".join(SLIDES), help="comma list of " + ",".join(SLIDES))
+    ap.add_argument(
+        "--slides",
+        default=",".join(SLIDES),
+        help="comma list of "
+        + ",".join(SLIDES)
+        + " or V and three digits (V090: spot slide at 0.9 um/px)",
+    )
     ap.add_argument(
         "--rss", action="store_true", help="memory vs slide size check (always in a full run)"
     )
@@ -325,7 +344,7 @@ def main() -> None:
     sids = [s.strip() for s in args.slides.split(",") if s.strip()]
     t_make = time.perf_counter()
     for sid in sids:
-        make_slide(args.out_dir / extent, sid, SLIDES[sid][0], w_um, h_um)
+        make_slide(args.out_dir / extent, sid, slide_spec(sid)[0], w_um, h_um)
     t_make = time.perf_counter() - t_make
     methods = [("hestcore", 1)] + [("mint", t) for t in threads]
     best: dict[tuple[str, str, int], dict] = {}
@@ -352,7 +371,7 @@ def main() -> None:
     )
     ratios = {}
     for sid in sids:
-        ps, kind = SLIDES[sid]
+        ps, kind = slide_spec(sid)
         for method, t in methods:
             r = best[(sid, method, t)]
             name = method if method == "hestcore" else f"mint t={t}"
