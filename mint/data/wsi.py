@@ -16,10 +16,11 @@ Geometry is exact, fractional boxes included: output pixel u covers level-0
 ``[x + u * w / out_w, x + (u + 1) * w / out_w)``. The reader asks OpenSlide for the enclosing
 *integer* box of the chosen level (its fast path; a fractional location would make OpenSlide
 resample the whole region bilinearly) plus a one-pixel margin, then places the fractional box
-with :func:`resample` (area averaging down to about the output scale, then a sub-pixel affine
-warp). Spot patches need this: their centres are fractional and the source side
-``224 * 0.5 / slide_um`` is rarely an integer, and snapping either to the pixel grid shifts
-the patch by more than an output pixel on coarse (~1 um/px) slides. Whole-pixel boxes at the
+with :func:`resample` (one bilinear sub-pixel affine warp on the level's grid, after
+averaging whole blocks when it must shrink by 2 or more). Spot patches need this: their
+centres are fractional and the source side ``224 * 0.5 / slide_um`` is rarely an integer, and
+snapping either to the pixel grid shifts the patch by more than an output pixel on coarse
+(~1 um/px) slides. Whole-pixel boxes at the
 read level (the usual Xenium grid, integer-aligned spots) skip the warp: plain crop/resize.
 
 Pixels come straight from the TIFF tiles when the slide is a plain tiled pyramidal TIFF (HEST's
@@ -233,14 +234,16 @@ class WSI:
             if len(self._plans) >= _PLANS:  # boxes of ever new sizes: keep it small
                 self._plans.clear()
             plan = self._plans[w, h, out_w, out_h] = self._plan(w, h, out_w, out_h)
-        level, kx, ky, bw, bh, whole = plan
+        level, kx, ky, bw, bh, whole, ax, ay = plan
         bx, by = x / kx, y / ky
         exact = whole and _is_int(bx) and _is_int(by)
         margin = 0 if exact else 1
         ix0 = math.floor(bx + _EPS) - margin
         iy0 = math.floor(by + _EPS) - margin
-        ix1 = math.ceil(bx + bw - _EPS) + margin
-        iy1 = math.ceil(by + bh - _EPS) + margin
+        # shrinking by a whole factor a >= 2 averages a x a blocks from the box's first whole
+        # pixel on (see resample): the last block may reach up to a pixels past the box
+        ix1 = math.ceil(bx + bw - _EPS) + (margin if ax == 1 else max(margin, ax))
+        iy1 = math.ceil(by + bh - _EPS) + (margin if ay == 1 else max(margin, ay))
         region, sx, sy = self._read_level(level, ix0, iy0, ix1 - ix0, iy1 - iy0)
         img = resample(
             region, bx - sx, by - sy, bw, bh, out_w, out_h, self._warp_buffer(out_h, out_w)
@@ -269,14 +272,15 @@ class WSI:
 
     def _plan(self, w: float, h: float, out_w: int, out_h: int) -> tuple:
         """What :meth:`read_box` derives from the box size alone (level, its scales, the box
-        size there, whether that size is whole), kept per size: a tile run asks for thousands
+        size there, whether that size is whole, the whole part of the shrink factor), kept per size: a tile run asks for thousands
         of boxes of one size, and working this out again per patch cost ~5% of a patch."""
         if w <= 0 or h <= 0 or out_w <= 0 or out_h <= 0:
             raise ValueError(f"empty box or output size: {(w, h, out_w, out_h)}")
         level = self.best_level(min(w / out_w, h / out_h))
         kx, ky = self.level_scales[level]
         bw, bh = w / kx, h / ky
-        return level, kx, ky, bw, bh, _is_int(bw) and _is_int(bh)
+        whole = _is_int(bw) and _is_int(bh)
+        return level, kx, ky, bw, bh, whole, _whole_factor(bw / out_w), _whole_factor(bh / out_h)
 
     def read_region(self, x: float, y: float, size_src: float, out_size: int) -> np.ndarray:
         """Square level-0 box with top-left (x, y) and side `size_src`, resampled to `out_size`.
@@ -347,28 +351,37 @@ def resample(
 ) -> np.ndarray:
     """Resample the box (fx, fy, fw, fh) of `img` (pixel coordinates, corners) to out size.
 
-    `img` may have 3 or 4 channels (the output has as many). Whole-pixel boxes use a plain crop
-    or `cv2.resize` (area when shrinking, bilinear when enlarging). Fractional boxes are first shrunk with area averaging to about the output
-    scale (anti-aliasing), then placed exactly with a bilinear affine warp, so the patch centre
-    is exact to a small fraction of a pixel. The warp writes into `dst` when it has the output's
-    shape (the result is then `dst`).
+    `img` may have 3 or 4 channels (the output has as many). One bilinear pass on the input
+    grid, placed exactly: output pixel centre u + 0.5 samples input fx + (u + 0.5) * fw / out_w.
+    Shrinking by a whole factor k >= 2 first averages k x k blocks (area, exact: cheap in
+    OpenCV, and the blocks start at the box's first whole pixel), so the bilinear pass never
+    shrinks by 2 or more, where it would alias. Whole-pixel boxes then take a plain crop or
+    `cv2.resize`; fractional ones an affine warp, which writes into `dst` when it has the
+    output's shape (the result is then `dst`).
+
+    Why not area averaging down to about the output scale and then the warp (the earlier
+    design): between 1x and 2x OpenCV's area resize of a fractional factor costs 8-10x the
+    warp, and the two passes blur twice: against the ideal patch (the scene averaged over each
+    output pixel) one bilinear pass is closer, fine textures included (benchmarks/RESULTS.md).
+    For shrinking by k >= 2 the input should reach k pixels past the box (what read_box reads);
+    with less, the last output pixels repeat the border.
     """
-    ih, iw = img.shape[:2]
+    kx, ky = _whole_factor(fw / out_w), _whole_factor(fh / out_h)
+    if kx > 1 or ky > 1:
+        ih, iw = img.shape[:2]
+        sx, sy = max(0, math.floor(fx + _EPS)), max(0, math.floor(fy + _EPS))
+        nx = max(1, min(math.ceil((fx + fw - sx) / kx - _EPS), (iw - sx) // kx))
+        ny = max(1, min(math.ceil((fy + fh - sy) / ky - _EPS), (ih - sy) // ky))
+        block = img[sy : sy + ny * ky, sx : sx + nx * kx]
+        img = cv2.resize(block, (nx, ny), interpolation=cv2.INTER_AREA)
+        fx, fy, fw, fh = (fx - sx) / kx, (fy - sy) / ky, fw / kx, fh / ky
     if _is_int(fx) and _is_int(fy) and _is_int(fw) and _is_int(fh):
         x0, y0, w, h = (int(round(v)) for v in (fx, fy, fw, fh))
         crop = img[y0 : y0 + h, x0 : x0 + w]
         if (w, h) == (out_w, out_h):
             return np.ascontiguousarray(crop)
-        interp = cv2.INTER_AREA if w >= out_w and h >= out_h else cv2.INTER_LINEAR
-        return cv2.resize(crop, (out_w, out_h), interpolation=interp)
+        return cv2.resize(crop, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
     rx, ry = fw / out_w, fh / out_h
-    if rx > 1 + 1e-3 or ry > 1 + 1e-3:
-        sw = max(1, int(round(iw / max(rx, 1.0))))
-        sh = max(1, int(round(ih / max(ry, 1.0))))
-        img = cv2.resize(img, (sw, sh), interpolation=cv2.INTER_AREA)
-        kx, ky = sw / iw, sh / ih
-        fx, fw, fy, fh = fx * kx, fw * kx, fy * ky, fh * ky
-        rx, ry = fw / out_w, fh / out_h
     # Output pixel centre u + 0.5 maps to fx + (u + 0.5) * rx in corner coordinates, i.e.
     # fx + (u + 0.5) * rx - 0.5 in OpenCV's centre-based coordinates.
     m = np.array([[rx, 0.0, fx + 0.5 * rx - 0.5], [0.0, ry, fy + 0.5 * ry - 0.5]], np.float64)
@@ -380,3 +393,8 @@ def resample(
         flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
         borderMode=cv2.BORDER_REPLICATE,
     )
+
+
+def _whole_factor(ratio: float) -> int:
+    """The whole part of a shrink factor (1 when enlarging), within rounding."""
+    return max(1, int(math.floor(ratio + _EPS)))
