@@ -15,13 +15,14 @@ patches honest live in one place:
 Geometry is exact, fractional boxes included: output pixel u covers level-0
 ``[x + u * w / out_w, x + (u + 1) * w / out_w)``. The reader asks OpenSlide for the enclosing
 *integer* box of the chosen level (its fast path; a fractional location would make OpenSlide
-resample the whole region bilinearly) plus a one-pixel margin, then places the fractional box
-with :func:`resample` (one bilinear sub-pixel affine warp on the level's grid, after
-averaging whole blocks when it must shrink by 2 or more). Spot patches need this: their
-centres are fractional and the source side ``224 * 0.5 / slide_um`` is rarely an integer, and
-snapping either to the pixel grid shifts the patch by more than an output pixel on coarse
-(~1 um/px) slides. Whole-pixel boxes at the
-read level (the usual Xenium grid, integer-aligned spots) skip the warp: plain crop/resize.
+resample the whole region bilinearly) plus a one-pixel margin (more on the far side when it
+shrinks by 2x or more), then places the fractional box with :func:`resample` (one bilinear
+sub-pixel affine warp on the level's grid, after averaging whole blocks when it must shrink by
+2 or more). Spot patches need this: their centres are fractional and the source side
+``224 * 0.5 / slide_um`` is rarely an integer, and snapping either to the pixel grid shifts the
+patch by more than an output pixel on coarse (~1 um/px) slides. Whole-pixel boxes at the read
+level (integer-aligned spots, a Xenium grid whose step is whole there) skip the warp: plain
+crop/resize.
 
 Pixels come straight from the TIFF tiles when the slide is a plain tiled pyramidal TIFF (HEST's
 format), through :class:`mint.data.tiff_tiles.TiffTiles`, checked against OpenSlide level by
@@ -240,8 +241,8 @@ class WSI:
         margin = 0 if exact else 1
         ix0 = math.floor(bx + _EPS) - margin
         iy0 = math.floor(by + _EPS) - margin
-        # shrinking by a whole factor a >= 2 averages a x a blocks from the box's first whole
-        # pixel on (see resample): the last block may reach up to a pixels past the box
+        # shrinking by a whole factor a >= 2 averages blocks of a pixels from the box's first
+        # whole pixel on (see resample): the last block may reach a - 1 pixels past the box
         ix1 = math.ceil(bx + bw - _EPS) + (margin if ax == 1 else max(margin, ax))
         iy1 = math.ceil(by + bh - _EPS) + (margin if ay == 1 else max(margin, ay))
         region, sx, sy = self._read_level(level, ix0, iy0, ix1 - ix0, iy1 - iy0)
@@ -272,8 +273,9 @@ class WSI:
 
     def _plan(self, w: float, h: float, out_w: int, out_h: int) -> tuple:
         """What :meth:`read_box` derives from the box size alone (level, its scales, the box
-        size there, whether that size is whole, the whole part of the shrink factor), kept per size: a tile run asks for thousands
-        of boxes of one size, and working this out again per patch cost ~5% of a patch."""
+        size there, whether that size is whole, the whole parts of the shrink factors), kept
+        per size: a tile run asks for thousands of boxes of one size, and working this out
+        again per patch cost ~5% of a patch."""
         if w <= 0 or h <= 0 or out_w <= 0 or out_h <= 0:
             raise ValueError(f"empty box or output size: {(w, h, out_w, out_h)}")
         level = self.best_level(min(w / out_w, h / out_h))
@@ -353,34 +355,38 @@ def resample(
 
     `img` may have 3 or 4 channels (the output has as many). One bilinear pass on the input
     grid, placed exactly: output pixel centre u + 0.5 samples input fx + (u + 0.5) * fw / out_w.
-    Shrinking by a whole factor k >= 2 first averages k x k blocks (area, exact: cheap in
-    OpenCV, and the blocks start at the box's first whole pixel), so the bilinear pass never
-    shrinks by 2 or more, where it would alias. Whole-pixel boxes then take a plain crop or
-    `cv2.resize`; fractional ones an affine warp, which writes into `dst` when it has the
-    output's shape (the result is then `dst`).
+    Along an axis that shrinks by a whole factor k >= 2, k input pixels are averaged first
+    (area, exact: cheap in OpenCV, the blocks start at the box's first whole pixel), so the
+    bilinear pass never shrinks by 2 or more, where it would alias without bound as k grows.
+    Whole-pixel boxes inside `img` then take a plain crop or `cv2.resize`; anything else an
+    affine warp, which repeats the border outside `img` and writes into `dst` when it has the
+    output's shape (the result is then `dst`; the crop and resize paths ignore `dst`).
 
     Why not area averaging down to about the output scale and then the warp (the earlier
     design): between 1x and 2x OpenCV's area resize of a fractional factor costs 8-10x the
     warp, and the two passes blur twice: against the ideal patch (the scene averaged over each
-    output pixel) one bilinear pass is closer, fine textures included (benchmarks/RESULTS.md).
-    For shrinking by k >= 2 the input should reach k pixels past the box (what read_box reads);
-    with less, the last output pixels repeat the border.
+    output pixel) one bilinear pass is closer there, fine textures included. From 2x on the
+    block average trades the other way: blurrier than a bilinear pass alone on detail the output
+    can hold, but without its aliasing of finer detail (benchmarks/RESULTS.md). For shrinking by
+    k >= 2 the input should reach k - 1 pixels past the box (read_box reads k); with less, the
+    last output pixels repeat the border.
     """
     kx, ky = _whole_factor(fw / out_w), _whole_factor(fh / out_h)
     if kx > 1 or ky > 1:
         ih, iw = img.shape[:2]
-        sx, sy = max(0, math.floor(fx + _EPS)), max(0, math.floor(fy + _EPS))
-        nx = max(1, min(math.ceil((fx + fw - sx) / kx - _EPS), (iw - sx) // kx))
-        ny = max(1, min(math.ceil((fy + fh - sy) / ky - _EPS), (ih - sy) // ky))
-        block = img[sy : sy + ny * ky, sx : sx + nx * kx]
-        img = cv2.resize(block, (nx, ny), interpolation=cv2.INTER_AREA)
-        fx, fy, fw, fh = (fx - sx) / kx, (fy - sy) / ky, fw / kx, fh / ky
+        sx, nx = _blocks(fx, fw, kx, iw)
+        sy, ny = _blocks(fy, fh, ky, ih)
+        if nx and ny:  # else the box lies past the image's far side: all border, no blocks
+            block = img[sy : sy + ny * ky, sx : sx + nx * kx]
+            img = cv2.resize(block, (nx, ny), interpolation=cv2.INTER_AREA)
+            fx, fy, fw, fh = (fx - sx) / kx, (fy - sy) / ky, fw / kx, fh / ky
     if _is_int(fx) and _is_int(fy) and _is_int(fw) and _is_int(fh):
         x0, y0, w, h = (int(round(v)) for v in (fx, fy, fw, fh))
-        crop = img[y0 : y0 + h, x0 : x0 + w]
-        if (w, h) == (out_w, out_h):
-            return np.ascontiguousarray(crop)
-        return cv2.resize(crop, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
+        if x0 >= 0 and y0 >= 0 and x0 + w <= img.shape[1] and y0 + h <= img.shape[0]:
+            crop = img[y0 : y0 + h, x0 : x0 + w]
+            if (w, h) == (out_w, out_h):
+                return np.ascontiguousarray(crop)
+            return cv2.resize(crop, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
     rx, ry = fw / out_w, fh / out_h
     # Output pixel centre u + 0.5 maps to fx + (u + 0.5) * rx in corner coordinates, i.e.
     # fx + (u + 0.5) * rx - 0.5 in OpenCV's centre-based coordinates.
@@ -393,6 +399,17 @@ def resample(
         flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
         borderMode=cv2.BORDER_REPLICATE,
     )
+
+
+def _blocks(f: float, size: float, k: int, n: int) -> tuple[int, int]:
+    """First input pixel and number of k-pixel blocks along one axis for the box [f, f + size)
+    of an axis of n pixels: the whole axis (0, n) when k is 1 (nothing averaged; the warp
+    needs the pixels on both sides of the box), else from the box's first whole pixel to the
+    block holding its end, within the axis (0 blocks when the box starts past it)."""
+    if k == 1:
+        return 0, n
+    start = min(max(0, math.floor(f + _EPS)), n)
+    return start, max(0, min(math.ceil((f + size - start) / k - _EPS), (n - start) // k))
 
 
 def _whole_factor(ratio: float) -> int:
