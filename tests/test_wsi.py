@@ -671,6 +671,42 @@ def test_reader_threads_decode_each_tile_once(slides, monkeypatch):
             np.testing.assert_array_equal(img, want[start + k])
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+def test_read_patches_keeps_a_band_of_tiles_not_the_slide(tmp_path, monkeypatch, threads):
+    """Patches in raster order (as `mint tile` reads them): once a batch is read, the tiles
+    above every later patch are dropped, so the cache holds a band of the slide whatever its
+    height (before, every tile it decoded up to its cap), no tile is decoded twice, and the
+    patches are those read_box gives."""
+    import mint.data.tiff_tiles as tt
+    from mint.data.tiling import read_patches
+
+    img = texture(3000, 700, 0.5, seed=4)  # level 0: 12 rows of 3 tiles (256 px)
+    path = write_pyramidal_tiff_array(tmp_path / "tall.tif", img, pixel_size_um=0.5)
+    ys, xs = np.mgrid[0:2700:128, 0:450:150]  # rows of patches also start on tile rows
+    tops = np.column_stack([xs.ravel() + 0.3, ys.ravel() + 0.6])  # raster order
+    with WSI(path, 0.5, "TALL") as wsi:
+        want = [wsi.read_region(x, y, 224.0, PATCH) for x, y in tops]
+    decoded: list[tuple] = []
+    orig = tt.TiffTiles._decode
+
+    def count(self, level, ty, tx):
+        decoded.append((level, ty, tx))
+        return orig(self, level, ty, tx)
+
+    monkeypatch.setattr(tt.TiffTiles, "_decode", count)
+    peak = 0
+    with WSI(path, 0.5, "TALL") as wsi:
+        decoded.clear()  # the open-time check decodes one tile
+        for start, imgs in read_patches(wsi, tops, 224.0, PATCH, threads, 6, progress=False):
+            peak = max(peak, len(wsi._tiles._cache))
+            for k, patch in enumerate(imgs):
+                np.testing.assert_array_equal(patch, want[start + k])
+    assert len(decoded) == len(set(decoded)) >= 30
+    # a batch (two rows of patches, 352 px) and the two queued after it span at most 4-5
+    # tile rows of the 12: 15 tiles (measured 7 and 9), where keeping the slide reaches 36
+    assert peak <= 15, peak
+
+
 def test_a_corrupt_tile_fails_every_reader_thread_with_the_sample(tmp_path, slides, monkeypatch):
     """A tile that does not decode stops a threaded read with one error naming sample and file,
     also in the threads that were waiting for that tile."""

@@ -2,15 +2,17 @@
 
 Pixels come straight from the TIFF tiles when the slide is a plain tiled pyramidal TIFF (HEST's
 format): :class:`TiffTiles` decodes each tile once (zlib / JPEG / raw), keeps the decoded tiles
-(RGB, as stored) in a byte-bounded LRU cache shared by every patch and reader thread, and
-assembles the requested box from them as RGBA in a buffer each reader thread reuses. OpenSlide's ``read_region`` costs about as much per pixel for a cached tile as
-decoding it (it composites through cairo into premultiplied ARGB, then converts), and on levels
-whose reported downsample is not an integer (any odd-sized slide) it takes a sub-pixel
-compositing path that is several times slower still and blurs. The direct path is checked
-against OpenSlide on part of a level before its first direct read (level 0 when the slide
-is opened, others when first used, so a slide read only at level 0 decodes nothing else) and is
-not used when they differ or the file is anything else (a vendor format such as SVS, other compression,
-predictor or planar layout): OpenSlide then reads, as before. Regions are RGBA (alpha 255) internally because
+(RGB, as stored) in a byte-bounded LRU cache shared by every patch and reader thread (from
+which the caller drops the rows of tiles it is done with: :meth:`TiffTiles.forget_rows_above`),
+and assembles the requested box from them as RGBA in a buffer each reader thread reuses.
+OpenSlide's ``read_region`` costs about as much per pixel for a cached tile as decoding it (it
+composites through cairo into premultiplied ARGB, then converts), and on levels whose reported
+downsample is not an integer (any odd-sized slide) it takes a sub-pixel compositing path that
+is several times slower still and blurs. The direct path is checked against OpenSlide on part
+of a level before its first direct read (level 0 when the slide is opened, others when first
+used, so a slide read only at level 0 decodes nothing else) and is not used when they differ or
+the file is anything else (a vendor format such as SVS, other compression, predictor or planar
+layout): OpenSlide then reads, as before. Regions are RGBA (alpha 255) internally because
 OpenCV's bilinear warp is ~2.5x faster on 4 channels than on 3.
 
 Deflate tiles are inflated by libdeflate when the ``deflate`` wheel is installed (a declared
@@ -227,7 +229,7 @@ class TiffTiles:
 
     @classmethod
     def open(cls, wsi: WSI, cache_bytes: int) -> TiffTiles | None:
-        """The direct reader for `wsi`, or None when OpenSlide must read (with the reason logged)."""
+        """The direct reader for `wsi`, or None when OpenSlide must read (reason logged)."""
         why = ""
         try:
             levels = cls._levels(wsi)
@@ -373,6 +375,19 @@ class TiffTiles:
             pending.done.set()
             pending = None  # no cycle error -> traceback -> this frame -> pending -> error
         return tile
+
+    def forget_rows_above(self, level: int, row: int) -> None:
+        """Drop the cached tiles of `level` that end at or above level pixel row `row` (the
+        reader's caller knows no later read reaches them: :meth:`WSI.forget_above`). A thread
+        still reading a dropped tile keeps its array; the slab goes when its last tile does."""
+        below = row // self.levels[level].th  # tiles ty < below end at row `row` or above
+        if below <= 0:
+            return
+        with self._lock:
+            done = [key for key in self._cache if key[0] == level and key[1] < below]
+            for key in done:
+                tile = self._cache.pop(key)
+                self._cached -= 0 if tile is None else tile.nbytes
 
     def _decode(self, level: int, ty: int, tx: int) -> np.ndarray | None:
         """RGB tile (th, tw, 3), read-only; None for a tile the file does not store (white).

@@ -113,6 +113,9 @@ def read_patches(
     small fraction of an output pixel. Whole-pixel boxes take the reader's crop/resize path.
     Batch arrays are reused: a batch stays valid until the next-but-one is requested.
     With `threads` > 1 the next two batches are read while this one is with the caller.
+    After each batch the reader drops the decoded tiles above every patch still to come
+    (:meth:`WSI.forget_above`): in raster order (``mint tile``'s) memory holds a band of
+    tiles across the slide, not the slide; in any other order nothing is read twice either.
 
     Parallelism is the `threads` reader threads only: OpenCV's own thread pool is set to one
     thread while patches are read (and restored after), because splitting one 224 px warp over
@@ -126,6 +129,18 @@ def read_patches(
 
     side = float(size_src)
     xy = np.asarray(tops, np.float64).tolist()  # Python floats once, not per patch
+    n_batches = -(-n // batch)
+    # The smallest top of the patches after batch k: once batch k is read, the reader may drop
+    # the decoded tiles above it (raster order: memory holds a band of the slide, not the slide)
+    later_top = [math.inf] * n_batches
+    for k in range(n_batches - 2, -1, -1):
+        later_top[k] = min(
+            later_top[k + 1], min(y for _, y in xy[(k + 1) * batch : (k + 2) * batch])
+        )
+
+    def done_with(k: int) -> None:
+        if later_top[k] < math.inf:
+            wsi.forget_above(later_top[k], side, side, out_size, out_size)
 
     # Buffers used in turn, each patch written straight into its slot: the caller may still be
     # writing the previous batch (in a thread) while this one is read. Reader threads keep
@@ -151,7 +166,6 @@ def read_patches(
         return [pool.submit(fill_run, sorted(by_x[a : a + step]), bufs[k % len(bufs)])
                 for a in range(0, hi - lo, step)]  # fmt: skip
 
-    n_batches = -(-n // batch)
     try:
         queued = [start_batch(k) for k in range(min(ahead, n_batches))]
         for k in range(n_batches):
@@ -160,10 +174,12 @@ def read_patches(
             if pool:
                 for run in queued.pop(0):
                     run.result()
+                done_with(k)  # batches k + 1, k + 2 (queued) start at later_top[k] or below
                 if k + ahead < n_batches:  # into the buffer of batch k - 2, released now
                     queued.append(start_batch(k + ahead))
             else:
                 fill_run(range(lo, hi), buf)
+                done_with(k)
             yield lo, buf[: hi - lo]
             bar.update(hi - lo)
     finally:

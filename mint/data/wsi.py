@@ -230,12 +230,7 @@ class WSI:
         (out_h, out_w, 3) uint8 array, e.g. one slot of a batch) the patch is written there and
         `out` is returned: the last colour conversion writes into it, saving a copy per patch.
         """
-        plan = self._plans.get((w, h, out_w, out_h))
-        if plan is None:
-            if len(self._plans) >= _PLANS:  # boxes of ever new sizes: keep it small
-                self._plans.clear()
-            plan = self._plans[w, h, out_w, out_h] = self._plan(w, h, out_w, out_h)
-        level, kx, ky, bw, bh, whole, ax, ay = plan
+        level, kx, ky, bw, bh, whole, ax, ay = self._plan_for(w, h, out_w, out_h)
         bx, by = x / kx, y / ky
         exact = whole and _is_int(bx) and _is_int(by)
         margin = 0 if exact else 1
@@ -270,6 +265,30 @@ class WSI:
         if buf is None or buf.shape[:2] != (h, w):
             buf = self._local.warp = np.empty((h, w, 4), np.uint8)
         return buf
+
+    def forget_above(self, y: float, w: float, h: float, out_w: int, out_h: int) -> None:
+        """Drop the decoded tiles that no box of this size starting at level-0 row `y` or
+        below can need.
+
+        Why: patches are read in raster order (`mint tile`), and the tile cache would
+        otherwise keep every tile it decoded up to its cap, so memory grew with the slide up
+        to the cap (and its slabs up to twice that); with this it holds the band of tiles the
+        current rows of patches need. Nothing is read twice: the boxes left all start at `y`
+        or below. A no-op when OpenSlide reads the pixels (its own cache is bounded)."""
+        tiles = self._tiles
+        if tiles is not None:
+            level, _, ky, *_ = self._plan_for(w, h, out_w, out_h)
+            # the first level row a box at y reads: its first whole pixel, less the margin
+            tiles.forget_rows_above(level, math.floor(y / ky + _EPS) - 1)
+
+    def _plan_for(self, w: float, h: float, out_w: int, out_h: int) -> tuple:
+        """The plan of boxes of this size (see :meth:`_plan`), from the per-size cache."""
+        plan = self._plans.get((w, h, out_w, out_h))
+        if plan is None:
+            if len(self._plans) >= _PLANS:  # boxes of ever new sizes: keep it small
+                self._plans.clear()
+            plan = self._plans[w, h, out_w, out_h] = self._plan(w, h, out_w, out_h)
+        return plan
 
     def _plan(self, w: float, h: float, out_w: int, out_h: int) -> tuple:
         """What :meth:`read_box` derives from the box size alone (level, its scales, the box
