@@ -672,20 +672,25 @@ def test_reader_threads_decode_each_tile_once(slides, monkeypatch):
 
 
 @pytest.mark.parametrize("threads", [1, 3])
-def test_read_patches_keeps_a_band_of_tiles_not_the_slide(tmp_path, monkeypatch, threads):
+@pytest.mark.parametrize("ps", [0.5, 0.25])
+def test_read_patches_keeps_a_band_of_tiles_not_the_slide(tmp_path, monkeypatch, threads, ps):
     """Patches in raster order (as `mint tile` reads them): once a batch is read, the tiles
     above every later patch are dropped, so the cache holds a band of the slide whatever its
     height (before, every tile it decoded up to its cap), no tile is decoded twice, and the
-    patches are those read_box gives."""
+    patches are those read_box gives. At 0.25 um/px the patches come from level 1 (rows in
+    level pixels, not level-0 ones); a tissue-mask thumbnail read first leaves no tiles of
+    its coarse level behind."""
     import mint.data.tiff_tiles as tt
     from mint.data.tiling import read_patches
 
-    img = texture(3000, 700, 0.5, seed=4)  # level 0: 12 rows of 3 tiles (256 px)
-    path = write_pyramidal_tiff_array(tmp_path / "tall.tif", img, pixel_size_um=0.5)
+    k = round(0.5 / ps)  # level-0 pixels per pixel of the level the patches come from
+    img = texture(3000 * k, 700 * k, ps, seed=4)  # that level: 12 rows of 3 tiles (256 px)
+    path = write_pyramidal_tiff_array(tmp_path / "tall.tif", img, pixel_size_um=ps)
     ys, xs = np.mgrid[0:2700:128, 0:450:150]  # rows of patches also start on tile rows
-    tops = np.column_stack([xs.ravel() + 0.3, ys.ravel() + 0.6])  # raster order
-    with WSI(path, 0.5, "TALL") as wsi:
-        want = [wsi.read_region(x, y, 224.0, PATCH) for x, y in tops]
+    tops = np.column_stack([xs.ravel() + 0.3, ys.ravel() + 0.6]) * k  # raster order
+    side = PATCH * k
+    with WSI(path, ps, "TALL") as wsi:
+        want = [wsi.read_region(x, y, side, PATCH) for x, y in tops]
     decoded: list[tuple] = []
     orig = tt.TiffTiles._decode
 
@@ -695,15 +700,17 @@ def test_read_patches_keeps_a_band_of_tiles_not_the_slide(tmp_path, monkeypatch,
 
     monkeypatch.setattr(tt.TiffTiles, "_decode", count)
     peak = 0
-    with WSI(path, 0.5, "TALL") as wsi:
-        decoded.clear()  # the open-time check decodes one tile
-        for start, imgs in read_patches(wsi, tops, 224.0, PATCH, threads, 6, progress=False):
+    with WSI(path, ps, "TALL") as wsi:
+        wsi.downscaled(8.0)  # as tile_sample's thumbnail tissue mask (no contours) does
+        decoded.clear()  # the open-time check and the thumbnail
+        for start, imgs in read_patches(wsi, tops, side, PATCH, threads, 6, progress=False):
             peak = max(peak, len(wsi._tiles._cache))
-            for k, patch in enumerate(imgs):
-                np.testing.assert_array_equal(patch, want[start + k])
+            for j, patch in enumerate(imgs):
+                np.testing.assert_array_equal(patch, want[start + j])
+        assert {key[0] for key in wsi._tiles._cache} == {k - 1}  # the patches' level only
     assert len(decoded) == len(set(decoded)) >= 30
-    # a batch (two rows of patches, 352 px) and the two queued after it span at most 4-5
-    # tile rows of the 12: 15 tiles (measured 7 and 9), where keeping the slide reaches 36
+    # a batch (two rows of patches, 352 level px) and the two queued after it span at most
+    # 4-5 tile rows of the 12: 15 tiles (measured 7-9), where keeping the slide reaches 36
     assert peak <= 15, peak
 
 

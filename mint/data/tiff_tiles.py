@@ -3,7 +3,7 @@
 Pixels come straight from the TIFF tiles when the slide is a plain tiled pyramidal TIFF (HEST's
 format): :class:`TiffTiles` decodes each tile once (zlib / JPEG / raw), keeps the decoded tiles
 (RGB, as stored) in a byte-bounded LRU cache shared by every patch and reader thread (from
-which the caller drops the rows of tiles it is done with: :meth:`TiffTiles.forget_rows_above`),
+which the caller drops the rows of tiles it is done with: :meth:`TiffTiles.keep_only_below`),
 and assembles the requested box from them as RGBA in a buffer each reader thread reuses.
 OpenSlide's ``read_region`` costs about as much per pixel for a cached tile as decoding it (it
 composites through cairo into premultiplied ARGB, then converts), and on levels whose reported
@@ -376,15 +376,15 @@ class TiffTiles:
             pending = None  # no cycle error -> traceback -> this frame -> pending -> error
         return tile
 
-    def forget_rows_above(self, level: int, row: int) -> None:
-        """Drop the cached tiles of `level` that end at or above level pixel row `row` (the
-        reader's caller knows no later read reaches them: :meth:`WSI.forget_above`). A thread
-        still reading a dropped tile keeps its array; the slab goes when its last tile does."""
+    def keep_only_below(self, level: int, row: int) -> None:
+        """Drop the cached tiles that reads of `level` from level pixel row `row` down cannot
+        need: that level's tiles ending at or above `row`, and every tile of the other levels
+        (a tissue mask's thumbnail decodes a coarse level that patches never read again). The
+        caller knows this (:meth:`WSI.forget_above`). A thread still reading a dropped tile
+        keeps its array; the slab goes when its last tile does."""
         below = row // self.levels[level].th  # tiles ty < below end at row `row` or above
-        if below <= 0:
-            return
         with self._lock:
-            done = [key for key in self._cache if key[0] == level and key[1] < below]
+            done = [key for key in self._cache if key[0] != level or key[1] < below]
             for key in done:
                 tile = self._cache.pop(key)
                 self._cached -= 0 if tile is None else tile.nbytes

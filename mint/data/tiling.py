@@ -174,7 +174,7 @@ def read_patches(
             if pool:
                 for run in queued.pop(0):
                     run.result()
-                done_with(k)  # batches k + 1, k + 2 (queued) start at later_top[k] or below
+                done_with(k)  # batch k + 1 (queued), k + 2 (next) start at later_top[k] or below
                 if k + ahead < n_batches:  # into the buffer of batch k - 2, released now
                     queued.append(start_batch(k + ahead))
             else:

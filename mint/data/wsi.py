@@ -268,18 +268,20 @@ class WSI:
 
     def forget_above(self, y: float, w: float, h: float, out_w: int, out_h: int) -> None:
         """Drop the decoded tiles that no box of this size starting at level-0 row `y` or
-        below can need.
+        below can need: the rows of its level above the first row such a box reads, and the
+        tiles of every other level (boxes of one size are all read from one level).
 
         Why: patches are read in raster order (`mint tile`), and the tile cache would
         otherwise keep every tile it decoded up to its cap, so memory grew with the slide up
         to the cap (and its slabs up to twice that); with this it holds the band of tiles the
-        current rows of patches need. Nothing is read twice: the boxes left all start at `y`
-        or below. A no-op when OpenSlide reads the pixels (its own cache is bounded)."""
+        current rows of patches need. The boxes left all start at `y` or below, so no tile
+        dropped here is needed by them again. A no-op when OpenSlide reads the pixels (its
+        own cache is bounded)."""
         tiles = self._tiles
         if tiles is not None:
             level, _, ky, *_ = self._plan_for(w, h, out_w, out_h)
             # the first level row a box at y reads: its first whole pixel, less the margin
-            tiles.forget_rows_above(level, math.floor(y / ky + _EPS) - 1)
+            tiles.keep_only_below(level, math.floor(y / ky + _EPS) - 1)
 
     def _plan_for(self, w: float, h: float, out_w: int, out_h: int) -> tuple:
         """The plan of boxes of this size (see :meth:`_plan`), from the per-size cache."""
