@@ -238,8 +238,8 @@ class WSI:
         iy0 = math.floor(by + _EPS) - margin
         # shrinking by a whole factor a >= 2 averages blocks of a pixels from the box's first
         # whole pixel on (see resample): the last block may reach a - 1 pixels past the box
-        ix1 = math.ceil(bx + bw - _EPS) + (margin if ax == 1 else max(margin, ax))
-        iy1 = math.ceil(by + bh - _EPS) + (margin if ay == 1 else max(margin, ay))
+        ix1 = math.ceil(bx + bw - _EPS) + (ax if ax > 1 else margin)
+        iy1 = math.ceil(by + bh - _EPS) + (ay if ay > 1 else margin)
         region, sx, sy = self._read_level(level, ix0, iy0, ix1 - ix0, iy1 - iy0)
         img = resample(
             region, bx - sx, by - sy, bw, bh, out_w, out_h, self._warp_buffer(out_h, out_w)
