@@ -1,38 +1,42 @@
 """Direct reads of a tiled pyramidal TIFF's tiles for :class:`mint.data.wsi.WSI` (its fast path).
 
 Pixels come straight from the TIFF tiles when the slide is a plain tiled pyramidal TIFF (HEST's
-format): :class:`TiffTiles` decodes each tile once (zlib / JPEG / raw), keeps the decoded tiles
-(RGB, as stored) in a byte-bounded LRU cache shared by every patch and reader thread (from
-which the caller drops the rows of tiles it is done with: :meth:`TiffTiles.keep_only_below`),
-and assembles the requested box from them as RGBA in a buffer each reader thread reuses.
-OpenSlide's ``read_region`` costs about as much per pixel for a cached tile as decoding it (it
-composites through cairo into premultiplied ARGB, then converts), and on levels whose reported
-downsample is not an integer (any odd-sized slide) it takes a sub-pixel compositing path that
-is several times slower still and blurs. The direct path is checked against OpenSlide on part
-of a level before its first direct read (level 0 when the slide is opened, others when first
-used, so a slide read only at level 0 decodes nothing else) and is not used when they differ or
-the file is anything else (a vendor format such as SVS, other compression, predictor or planar
-layout): OpenSlide then reads, as before. Regions are RGBA (alpha 255) internally because
-OpenCV's bilinear warp is ~2.5x faster on 4 channels than on 3.
+format): :class:`TiffTiles` decodes each tile once, keeps the decoded tiles (RGB, as stored) in
+a byte-bounded LRU cache shared by every patch and reader thread (from which the caller drops
+the rows of tiles it is done with: :meth:`TiffTiles.keep_only_below`), and assembles the
+requested box from them as RGBA in a buffer each reader thread reuses. OpenSlide's
+``read_region`` costs about as much per pixel for a cached tile as decoding it (it composites
+through cairo into premultiplied ARGB, then converts), and on levels whose reported downsample
+is not an integer (any odd-sized slide) it takes a sub-pixel compositing path that is several
+times slower still and blurs.
 
-Deflate tiles are inflated by libdeflate when the ``deflate`` wheel is installed (a declared
-dependency; called through ctypes, which releases the GIL so reader threads inflate in
-parallel, and writing straight into the tile buffer): ~1.6x faster than zlib on slide tiles and
-bit-identical (lossless). Without it, or for a tile libdeflate rejects, zlib decodes as before.
+Codecs: what HEST's own writer produces and what other plain pyramids use. HEST writes its
+``wsis/*.tif`` with libvips ``tiffsave`` (``hest.utils.tiff_save``): LZW since HEST-lib 1.1.0,
+deflate before, both with libvips' default horizontal predictor, 256 px tiles. Those, deflate
+without a predictor, JPEG (RGB or YCbCr) and uncompressed tiles are decoded here: LZW and
+deflate by imagecodecs (libdeflate for deflate; both release the GIL, so reader threads decode
+in parallel), the predictor undone in place (imagecodecs ``delta_decode``), JPEG by OpenCV.
+Before LZW and the predictor were handled, every HEST slide went to OpenSlide.
+
+The direct path is checked against OpenSlide on part of a level before its first direct read
+(level 0 when the slide is opened, others when first used, so a slide read only at level 0
+decodes nothing else) and is not used when they differ or the file is anything else (a vendor
+format such as SVS, another compression or predictor, planar layout): OpenSlide then reads, as
+before. Regions are RGBA (alpha 255) internally because OpenCV's bilinear warp is ~2.5x faster
+on 4 channels than on 3.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import threading
 import weakref
-import zlib
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 import cv2
+import imagecodecs
 import numpy as np
 
 from mint.errors import MintError
@@ -42,8 +46,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: TIFF compression codes the direct reader decodes: none, JPEG, Adobe deflate, old deflate.
-_RAW, _JPEG, _DEFLATE = 1, 7, (8, 32946)
+#: TIFF compression codes the direct reader decodes: none, LZW, JPEG, Adobe deflate, old deflate.
+_RAW, _LZW, _JPEG, _DEFLATE = 1, 5, 7, (8, 32946)
+#: TIFF predictors: none, horizontal differencing (libvips' default for LZW and deflate).
+_NO_PREDICTOR, _HORIZONTAL = 1, 2
 #: Largest region (bytes of RGBA) assembled in a reader thread's reused buffer rather than a new
 #: array: a few patches' worth (a 224 px patch read at up to 2x is ~0.8 MB), small enough that
 #: whole-slide bands (:meth:`WSI.downscaled`) never pin their size per thread.
@@ -112,58 +118,20 @@ class _Slabs:
             self._free.clear()
 
 
-class _Inflate:
-    """Inflate a zlib stream (a TIFF deflate tile) into a preallocated buffer of known size.
+def _decode_into(compression: int, data: bytes, out: np.ndarray) -> None:
+    """Fill the C-contiguous uint8 `out` with the decoded LZW or deflate `data`.
 
-    libdeflate's ``libdeflate_zlib_decompress`` from the ``deflate`` wheel's extension module
-    (which exports libdeflate's C API), called with ctypes: no GIL held, no intermediate bytes
-    object. :attr:`backend` says which decoder runs ("libdeflate" or "zlib").
+    imagecodecs (tifffile's codec library) decodes: libdeflate for deflate, its own LZW
+    decoder; both release the GIL and write straight into the tile buffer. ValueError, or
+    imagecodecs' LzwError or DeflateError, when the stream is corrupt or shorter than the tile.
     """
-
-    def __init__(self) -> None:
-        self._lib = None
-        try:
-            from deflate import _deflate
-
-            lib = ctypes.CDLL(_deflate.__file__)
-            lib.libdeflate_alloc_decompressor.restype = ctypes.c_void_p
-            lib.libdeflate_alloc_decompressor.argtypes = []
-            lib.libdeflate_free_decompressor.restype = None
-            lib.libdeflate_free_decompressor.argtypes = [ctypes.c_void_p]
-            fn = lib.libdeflate_zlib_decompress
-            fn.restype = ctypes.c_int
-            fn.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p,
-                           ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)]  # fmt: skip
-            self._lib = lib
-        except (ImportError, OSError, AttributeError):  # no wheel, or one without the C API
-            pass
-        self.backend = "zlib" if self._lib is None else "libdeflate"
-
-    def into(self, data: bytes, out: np.ndarray) -> None:
-        """Fill the C-contiguous uint8 `out` with the inflated `data`; ValueError or
-        zlib.error when the stream is corrupt or does not inflate to at least out.nbytes."""
-        need = out.nbytes
-        lib = self._lib
-        if lib is not None:
-            d = lib.libdeflate_alloc_decompressor()
-            if d:
-                got = ctypes.c_size_t(0)
-                try:
-                    rc = lib.libdeflate_zlib_decompress(
-                        d, data, len(data), out.ctypes.data, need, ctypes.byref(got)
-                    )
-                finally:
-                    lib.libdeflate_free_decompressor(d)
-                if rc == 0 and got.value == need:
-                    return
-            # Short, longer than the tile, or corrupt: zlib decides (and words the error).
-        raw = zlib.decompress(data, bufsize=need)
-        if len(raw) < need:
-            raise ValueError(f"tile has {len(raw)} of {need} bytes")
-        out.reshape(-1)[:] = np.frombuffer(raw, np.uint8, need)
-
-
-_INFLATE = _Inflate()
+    flat = out.reshape(-1)
+    if compression == _LZW:
+        got = imagecodecs.lzw_decode(data, out=flat)
+    else:
+        got = imagecodecs.deflate_decode(data, out=flat)
+    if got.size != flat.size:
+        raise ValueError(f"tile decodes to {got.size} of {flat.size} bytes")
 
 
 class _Level:
@@ -176,6 +144,7 @@ class _Level:
         self.offsets = np.asarray(page.dataoffsets, np.int64)
         self.counts = np.asarray(page.databytecounts, np.int64)
         self.compression = int(page.compression)
+        self.predictor = int(page.predictor)
         tables = getattr(page, "jpegtables", None)
         self.jpeg_tables = bytes(tables) if tables else b""
 
@@ -207,8 +176,9 @@ class UseOpenSlide(Exception):
 class TiffTiles:
     """Decoded-tile reader for tiled pyramidal TIFFs (see the module docstring).
 
-    Thread safe: tiles are read with ``os.pread`` and decoded outside the cache lock (zlib,
-    OpenCV and ``pread`` release the GIL), each tile by one thread while others wait for it.
+    Thread safe: tiles are read with ``os.pread`` and decoded outside the cache lock
+    (imagecodecs, OpenCV and ``pread`` release the GIL), each tile by one thread while others
+    wait for it.
     """
 
     def __init__(self, wsi: WSI, levels: list[_Level], cache_bytes: int):
@@ -266,21 +236,29 @@ class TiffTiles:
                 if page is None:
                     return f"no tiled TIFF page of {w}x{h}"
                 comp, photo = int(page.compression), int(page.photometric)
+                pred = int(page.predictor)
                 ok = (
                     int(page.planarconfig) == 1
                     and int(page.samplesperpixel) == 3
                     and int(page.bitspersample) == 8
-                    and int(page.predictor) == 1
                     and int(getattr(page, "tiledepth", 1)) == 1
                     and (
-                        comp in (_RAW, *_DEFLATE)
+                        comp in (_LZW, *_DEFLATE)
                         and photo == 2
+                        and pred in (_NO_PREDICTOR, _HORIZONTAL)
+                        or comp == _RAW
+                        and photo == 2
+                        and pred == _NO_PREDICTOR
                         or comp == _JPEG
                         and photo in (2, 6)
+                        and pred == _NO_PREDICTOR
                     )
                 )
                 if not ok:
-                    return f"level {w}x{h}: compression {comp}, photometric {photo} not handled"
+                    return (
+                        f"level {w}x{h}: compression {comp}, photometric {photo}, "
+                        f"predictor {pred} not handled"
+                    )
                 levels.append(_Level(page, w, h))
         return levels
 
@@ -412,15 +390,24 @@ class TiffTiles:
                 rgb = self._slabs.take((lv.th, lv.tw, 3))
                 if cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=rgb) is not rgb:
                     raise RuntimeError("cv2.cvtColor did not write into the tile")
-            elif lv.compression in _DEFLATE:
+            elif lv.compression == _LZW or lv.compression in _DEFLATE:
                 rgb = self._slabs.take((lv.th, lv.tw, 3))
-                _INFLATE.into(data, rgb)
+                _decode_into(lv.compression, data, rgb)
+                if lv.predictor == _HORIZONTAL:  # each sample was stored less its left one's
+                    imagecodecs.delta_decode(rgb, axis=-2, out=rgb)
             else:
                 need = lv.th * lv.tw * 3
                 if len(data) < need:
                     raise ValueError(f"tile has {len(data)} of {need} bytes")
                 rgb = np.frombuffer(data, np.uint8, need).reshape(lv.th, lv.tw, 3)
-        except (OSError, ValueError, zlib.error, cv2.error) as exc:
+        except (
+            OSError,
+            ValueError,
+            imagecodecs.LzwError,
+            imagecodecs.DeflateError,
+            imagecodecs.DeltaError,
+            cv2.error,
+        ) as exc:
             raise MintError(
                 f"{self.sample_id} {self.path}: cannot read pixels (corrupt slide?): level "
                 f"{level} tile ({tx}, {ty}): {' '.join(str(exc).split())}"

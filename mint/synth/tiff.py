@@ -3,9 +3,12 @@
 HEST ships whole-slide images as pyramidal tiled TIFFs. We write the same kind of file:
 level 0 is produced tile by tile by a callback (`tile_fn`), each further level halves the
 previous one (2 x 2 mean), every level is a separate top-level IFD (OpenSlide's "generic tiled
-TIFF" reads those; SubIFDs it ignores), 256 px tiles, deflate compression (works without
-imagecodecs) and XResolution/YResolution in pixels per centimetre, from which OpenSlide reports
-`openslide.mpp-x`/`openslide.mpp-y`.
+TIFF" reads those; SubIFDs it ignores), 256 px tiles, and XResolution/YResolution in pixels per
+centimetre, from which OpenSlide reports `openslide.mpp-x`/`openslide.mpp-y`. Tiles are
+compressed as HEST's own writer does (``hest.utils.tiff_save``, libvips ``tiffsave``): LZW
+with the horizontal predictor, so that the demo, the tests and the benchmarks decode what
+real HEST slides hold; ``compression`` and ``predictor`` select others (deflate, HEST's writer
+before HEST-lib 1.1.0; or no predictor).
 
 Memory: only one row of level-0 tiles is held at a time; the reduced levels are accumulated in
 a temporary disk-backed array (a quarter, a sixteenth, ... of level 0), so a 100k x 100k slide
@@ -74,19 +77,24 @@ def write_pyramidal_tiff(
     pixel_size_um: float,
     tile: int = 256,
     n_levels: int | None = None,
-    compression_level: int = 1,
+    compression: str = "lzw",
+    predictor: bool = True,
     description: str | None = None,
 ) -> Path:
     """Write a pyramidal tiled RGB TIFF whose level 0 comes from `tile_fn(y0, x0, h, w)`.
 
     `tile_fn` must return uint8 (h, w, 3) level-0 pixels of rows y0..y0+h, columns x0..x0+w;
-    it is called once per tile in row-major order. Levels halve each side. The file is written
-    atomically.
+    it is called once per tile in row-major order. Levels halve each side. `compression` is
+    "lzw" or "deflate" (with TIFF's horizontal predictor when `predictor`), or "none". The
+    file is written atomically.
     """
     if height <= 0 or width <= 0:
         raise ValueError(f"{path}: empty image {height}x{width}")
     if tile % 16:
         raise ValueError("tile size must be a multiple of 16 (TIFF)")
+    codecs = {"lzw": "lzw", "deflate": "adobe_deflate", "none": None}
+    if compression not in codecs:
+        raise ValueError(f"compression must be one of {', '.join(codecs)}, got {compression!r}")
     n_levels = n_levels or default_n_levels(height, width, tile)
     ppcm = 1e4 / float(pixel_size_um)
     path = Path(path)
@@ -139,8 +147,10 @@ def write_pyramidal_tiff(
             photometric="rgb",
             planarconfig="contig",
             tile=(tile, tile),
-            compression="zlib",
-            compressionargs={"level": compression_level},
+            compression=codecs[compression],
+            # deflate level 1 as fast as LZW; the predictor only where a codec follows
+            compressionargs={"level": 1} if compression == "deflate" else None,
+            predictor=bool(predictor and codecs[compression]),
             resolution=(ppcm, ppcm),
             resolutionunit="CENTIMETER",
             metadata=None,
@@ -168,6 +178,8 @@ def write_pyramidal_tiff_array(
     pixel_size_um: float,
     tile: int = 256,
     n_levels: int | None = None,
+    compression: str = "lzw",
+    predictor: bool = True,
 ) -> Path:
     """Write a small in-memory uint8 (H, W, 3) image as a pyramidal TIFF (tests, known content)."""
     img = np.ascontiguousarray(img)
@@ -181,8 +193,9 @@ def write_pyramidal_tiff_array(
         # OpenSlide and the tests want a pyramid even for small images.
         n_levels = max(2, default_n_levels(*img.shape[:2], tile)) if min(img.shape[:2]) >= 2 else 1
     return write_pyramidal_tiff(
-        path, img.shape[0], img.shape[1], tile_fn, pixel_size_um, tile, n_levels
-    )
+        path, img.shape[0], img.shape[1], tile_fn, pixel_size_um, tile, n_levels,
+        compression=compression, predictor=predictor,
+    )  # fmt: skip
 
 
 def level_count_for(height: int, width: int, tile: int = 256) -> int:
