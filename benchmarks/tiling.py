@@ -1,16 +1,21 @@
 """Spot/grid patch extraction: `mint tile`'s reader against hestcore's patcher, side by side.
 
-    .venv/bin/python benchmarks/tiling.py [--quick] [--threads 1,2] [--repeats 3] [--rss] [--out-dir DIR]
+    .venv/bin/python benchmarks/tiling.py [--quick] [--threads 1,2] [--repeats 3] [--rss]
+        [--slides V025,...] [--compression lzw|deflate|deflate-no-predictor] [--out-dir DIR]
 
 hestcore (``pip install --no-deps hestcore`` plus geopandas, which its ``wsi`` module imports) is
 a benchmark-only dependency: the comparison is skipped with a message when it is missing.
 
 Slides: the same physical texture (``tests/alignment.py``: plane waves defined in micrometres)
-written as pyramidal TIFFs (``mint.synth.tiff``, 256 px deflate tiles, /2 levels) at 0.25, 0.5,
+written as pyramidal TIFFs (``mint.synth.tiff``, 256 px tiles, /2 levels) at 0.25, 0.5,
 0.65, 0.8 and 1.0 um/px with Visium-like spots (hexagonal, 100 um pitch, fractional centres as
 real Visium), and a Xenium-like slide at 0.2125 um/px tiled as a grid of 527 px boxes (the grid
 ``mint tile`` and HEST's patcher both use for 224 px at 0.5 um/px). Every patch is 224 px at
-0.5 um/px.
+0.5 um/px. Tiles are stored as HEST stores its slides (``hest.utils.tiff_save``, libvips
+``tiffsave``): LZW with the horizontal predictor (``--compression lzw``, the default), or
+deflate with it (HEST's writer before HEST-lib 1.1.0); ``deflate-no-predictor`` is the format
+this benchmark wrote before 2026-11-30 (mint's reader decoded only that directly, so its
+figures were not those of a HEST slide). Each format has its own folder under ``--out-dir``.
 
 Methods, each in a fresh process per run (so peak RSS, VmHWM, is per method), same spots:
 
@@ -72,6 +77,12 @@ SLIDES = {
 EXTENT_UM = {"full": (3000.0, 2400.0), "mid": (2000.0, 1600.0), "quick": (1000.0, 800.0)}
 #: the memory check: slide and extents (mint reads level 1: 10, 38 and 86 MB of RGB)
 RSS_SLIDE, RSS_EXTENTS = "V025", ("quick", "mid", "full")
+#: --compression: the tiles' codec and predictor (write_pyramidal_tiff's compression, predictor)
+CODECS = {
+    "lzw": ("lzw", True),  # HEST's writer since HEST-lib 1.1.0 (libvips, default predictor)
+    "deflate": ("deflate", True),  # HEST's writer before
+    "deflate-no-predictor": ("deflate", False),  # this benchmark's slides until 2026-11-30
+}
 
 
 def slide_spec(sid: str) -> tuple[float, str]:
@@ -90,7 +101,7 @@ def slide_path(d: Path, sid: str) -> Path:
     return d / f"{sid}.tif"
 
 
-def make_slide(d: Path, sid: str, ps: float, w_um: float, h_um: float) -> None:
+def make_slide(d: Path, sid: str, ps: float, w_um: float, h_um: float, codec: str) -> None:
     """The texture sampled at level-0 pixel centres, written once (kept in `d` between runs)."""
     from alignment import render_um
 
@@ -104,7 +115,11 @@ def make_slide(d: Path, sid: str, ps: float, w_um: float, h_um: float) -> None:
         return render_um((np.arange(y0, y0 + h) + 0.5) * ps, (np.arange(x0, x0 + w) + 0.5) * ps)
 
     d.mkdir(parents=True, exist_ok=True)
-    write_pyramidal_tiff(path, int(h_um / ps), int(w_um / ps), tile_fn, ps)
+    compression, predictor = CODECS[codec]
+    write_pyramidal_tiff(
+        path, int(h_um / ps), int(w_um / ps), tile_fn, ps,
+        compression=compression, predictor=predictor,
+    )  # fmt: skip
 
 
 def layout(sid: str, w_um: float, h_um: float) -> dict:
@@ -227,7 +242,7 @@ def _run_child(base: Path, method: str, sid: str, threads: int, extent: str) -> 
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _rss_check(base: Path, threads: int) -> None:
+def _rss_check(base: Path, threads: int, codec: str) -> None:
     """Peak RSS of one run per method on RSS_SLIDE at each of RSS_EXTENTS (memory vs slide size).
 
     "read MB": the decoded (RGB) size of the pyramid level mint reads the patches from; mint keeps
@@ -243,7 +258,7 @@ def _rss_check(base: Path, threads: int) -> None:
     print(f"{'extent um':>11} {'level-0 px':>12} {'read MB':>8} {'hestcore MB':>12} {'mint MB':>8}")
     for ext in RSS_EXTENTS:
         w_um, h_um = EXTENT_UM[ext]
-        make_slide(base / ext, RSS_SLIDE, ps, w_um, h_um)
+        make_slide(base / ext, RSS_SLIDE, ps, w_um, h_um, codec)
         with WSI(slide_path(base / ext, RSS_SLIDE), ps, RSS_SLIDE) as wsi:
             lw, lh = wsi.level_dimensions[wsi.best_level(PATCH * TARGET_UM / ps / PATCH)]
             w, h = wsi.dimensions
@@ -320,6 +335,13 @@ def main() -> None:
     ap.add_argument(
         "--rss", action="store_true", help="memory vs slide size check (always in a full run)"
     )
+    ap.add_argument(
+        "--compression",
+        choices=list(CODECS),
+        default="lzw",
+        help="how the slides' tiles are stored: lzw (HEST's format, default), deflate (HEST's "
+        "before HEST-lib 1.1.0), deflate-no-predictor (this benchmark's before 2026-11-30)",
+    )
     ap.add_argument("--out-dir", type=Path, default=Path("/tmp/mint-bench-tiling-hest"))
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -342,9 +364,10 @@ def main() -> None:
     args.repeats = args.repeats or (2 if args.quick else 3)
     w_um, h_um = EXTENT_UM[extent]
     sids = [s.strip() for s in args.slides.split(",") if s.strip()]
+    base = args.out_dir / args.compression
     t_make = time.perf_counter()
     for sid in sids:
-        make_slide(args.out_dir / extent, sid, slide_spec(sid)[0], w_um, h_um)
+        make_slide(base / extent, sid, slide_spec(sid)[0], w_um, h_um, args.compression)
     t_make = time.perf_counter() - t_make
     methods = [("hestcore", 1)] + [("mint", t) for t in threads]
     best: dict[tuple[str, str, int], dict] = {}
@@ -352,7 +375,7 @@ def main() -> None:
         order = methods if rep % 2 == 0 else methods[::-1]
         for sid in sids:
             for method, t in order:
-                r = _run_child(args.out_dir, method, sid, t, extent)
+                r = _run_child(base, method, sid, t, extent)
                 old = best.setdefault((sid, method, t), r)
                 for k in ("wall_s", "cpu_s", "import_cpu_s"):
                     old[k] = min(old[k], r[k])
@@ -362,6 +385,11 @@ def main() -> None:
         f"slides {w_um:g} x {h_um:g} um; patch {PATCH} px @ {TARGET_UM} um/px; mint threads="
         f"{','.join(map(str, threads))}; best of {args.repeats} alternating runs; "
         f"cpus={os.cpu_count()}; load(1 min)={load:.1f}; slides written in {t_make:.0f} s"
+    )
+    compression, predictor = CODECS[args.compression]
+    print(
+        f"tiles: 256 px, {compression}, {'horizontal' if predictor else 'no'} predictor"
+        f"{' (as HEST writes its slides)' if args.compression == 'lzw' else ''}"
     )
     print("per CPU-s, wall /s: patches per CPU-second and per wall-second of opening the slide and")
     print("reading every patch; import CPU-s: the method's module imports, not in the ratios")
@@ -398,9 +426,9 @@ def main() -> None:
                 f"t={t}: {w0 / best[(sid, 'mint', t)]['wall_s']:.2f}x" for t in threads
             )
             print(f"{sid:6} {gains}")
-    _resample_costs(args.out_dir / extent, sids)
+    _resample_costs(base / extent, sids)
     if args.rss or not args.quick:
-        _rss_check(args.out_dir, threads[0])
+        _rss_check(base, threads[0], args.compression)
     print(f"min ratio vs hestcore: {min(ratios.values()):.2f}")
 
 
