@@ -142,11 +142,15 @@ def _visium_sample(tmp_path: Path, sid: str, ps: float = 1.0, n: int = 6):
     return paths
 
 
-def test_threads_give_identical_output(tmp_path):
+def test_threads_give_identical_output(tmp_path, caplog):
+    """...and the log says where the pixels come from (a slide that misses the direct reader
+    is only slower, so it must be visible: every HEST slide did until LZW was decoded)."""
     paths = _visium_sample(tmp_path, "THR")
     one, two = tmp_path / "one.h5", tmp_path / "two.h5"
     i = info("THR", "Visium", 1.0, "spot", "visium")
-    tile_sample(i, paths, one, TileConfig(progress=False, threads=1, batch=4))
+    with caplog.at_level("INFO", logger="mint.data.tiling"):
+        tile_sample(i, paths, one, TileConfig(progress=False, threads=1, batch=4))
+    assert "pixels from the TIFF's tiles (LZW 256x256 tiles, horizontal predictor)" in caplog.text
     tile_sample(i, paths, two, TileConfig(progress=False, threads=2, batch=4))
     a, b = read_tiles(one), read_tiles(two)
     for k in ("img", "coords", "barcode", "expr"):

@@ -403,6 +403,7 @@ def test_direct_reader_falls_back_to_openslide(slides, monkeypatch):
     monkeypatch.setattr(wsi_mod, "_CHECK_MAD", -1.0)
     wsi = WSI(path, 0.5, "S")
     assert not wsi.reads_tiles_directly
+    assert wsi.pixel_source.startswith("OpenSlide (direct tile read differs from OpenSlide at")
     np.testing.assert_array_equal(wsi.read_region(40, 60, 224, 224), img[60:284, 40:264])
 
 
@@ -465,6 +466,7 @@ def test_vendor_tiffs_are_read_by_openslide(tmp_path):
     )
     wsi = WSI(path, 0.5, "A")
     assert not wsi.reads_tiles_directly
+    assert wsi.pixel_source == "OpenSlide (OpenSlide vendor 'aperio', not a plain pyramidal TIFF)"
     np.testing.assert_array_equal(wsi.read_region(10, 20, 224, 224), img[20:244, 10:234])
 
 
@@ -488,6 +490,7 @@ def test_hest_written_slides_are_read_directly(tmp_path):
         assert (tf.pages[0].compression, tf.pages[0].predictor) == (5, 2)
     direct, ref = WSI(path, 0.5, "H"), WSI(path, 0.5, "H", direct=False)
     assert direct.reads_tiles_directly
+    assert direct.pixel_source == "the TIFF's tiles (LZW 256x256 tiles, horizontal predictor)"
     for level, (w, h) in enumerate(direct.level_dimensions):
         mine = direct._tiles.read(level, 0, 0, w, h)
         theirs = ref._openslide_level(level, 0, 0, w, h)[0]
@@ -556,7 +559,9 @@ def test_read_patches_keeps_opencv_to_one_thread(slides):
         cv2.setNumThreads(before)
 
 
-def test_levels_are_checked_on_first_use_and_a_failing_level_hands_over(slides, monkeypatch):
+def test_levels_are_checked_on_first_use_and_a_failing_level_hands_over(
+    slides, monkeypatch, caplog
+):
     """Opening checks level 0 only; another level is checked before its first direct read, and
     when it disagrees with OpenSlide, OpenSlide reads from then on (its pixels, not the bad ones)."""
     import mint.data.tiff_tiles as wsi_mod
@@ -573,8 +578,13 @@ def test_levels_are_checked_on_first_use_and_a_failing_level_hands_over(slides, 
         return 255 - r if level == 1 else r
 
     monkeypatch.setattr(wsi_mod.TiffTiles, "_read", broken)
-    got = wsi.read_region(40, 60, 448, 224)  # downsample 2: level 1
+    with caplog.at_level("WARNING", logger="mint.data.wsi"):
+        got = wsi.read_region(40, 60, 448, 224)  # downsample 2: level 1
     assert not wsi.reads_tiles_directly
+    assert "S " in caplog.text and "OpenSlide reads the pixels from now on" in caplog.text
+    assert wsi.pixel_source.startswith(
+        "OpenSlide (direct tile read differs from OpenSlide at level 1"
+    )
     ref = WSI(path, 0.25, "S", direct=False)
     np.testing.assert_array_equal(got, ref.read_region(40, 60, 448, 224))
     np.testing.assert_array_equal(

@@ -198,23 +198,27 @@ class TiffTiles:
         self.failed = ""
 
     @classmethod
-    def open(cls, wsi: WSI, cache_bytes: int) -> TiffTiles | None:
-        """The direct reader for `wsi`, or None when OpenSlide must read (reason logged)."""
-        why = ""
+    def open(cls, wsi: WSI, cache_bytes: int) -> tuple[TiffTiles | None, str]:
+        """The direct reader for `wsi` and "", or None and why OpenSlide must read."""
         try:
             levels = cls._levels(wsi)
             if isinstance(levels, str):
-                why = levels
-            else:
-                tiles = cls(wsi, levels, cache_bytes)
-                why = tiles._check_level(0)
-                if not why:
-                    return tiles
-                tiles.close()
+                return None, levels
+            tiles = cls(wsi, levels, cache_bytes)
+            why = tiles._check_level(0)
+            if not why:
+                return tiles, ""
+            tiles.close()
+            return None, why
         except Exception as exc:  # unreadable header, odd tags: OpenSlide decides
-            why = f"{type(exc).__name__}: {exc}"
-        log.debug("%s: OpenSlide reads the pixels (%s)", wsi.sample_id, why)
-        return None
+            return None, f"{type(exc).__name__}: {exc}"
+
+    def describe(self) -> str:
+        """How level 0's tiles are stored, for the log (e.g. "LZW tiles, horizontal predictor")."""
+        lv = self.levels[0]
+        codec = {_RAW: "uncompressed", _LZW: "LZW", _JPEG: "JPEG"}.get(lv.compression, "deflate")
+        predictor = ", horizontal predictor" if lv.predictor == _HORIZONTAL else ""
+        return f"{codec} {lv.tw}x{lv.th} tiles{predictor}"
 
     @staticmethod
     def _levels(wsi: WSI) -> list[_Level] | str:

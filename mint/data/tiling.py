@@ -221,13 +221,14 @@ def tile_sample(info: SampleInfo, paths: SamplePaths, out: Path, cfg: TileConfig
         boxes = t.tops if t.boxes is None else t.boxes
         side = float(size_src if t.box_size is None else t.box_size)
         log.info(
-            "%s: %d patches (%s level, %d level-0 px -> %d px), %d genes",
+            "%s: %d patches (%s level, %d level-0 px -> %d px), %d genes; pixels from %s",
             info.sample_id,
             n,
             info.level,
             size_src,
             cfg.patch_size,
             len(t.genes),
+            wsi.pixel_source,
         )
         with (
             ThreadPoolExecutor(max_workers=1) as writer,

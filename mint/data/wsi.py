@@ -116,7 +116,10 @@ class WSI:
         self._plans: dict[tuple, tuple] = {}
         self._local = threading.local()
         self._tiles_failed: TiffTiles | None = None
-        self._tiles = TiffTiles.open(self, cache_mb << 20) if direct else None
+        self._tiles, why = TiffTiles.open(self, cache_mb << 20) if direct else (None, "direct tile reads off")
+        if why:
+            log.debug("%s: OpenSlide reads the pixels (%s)", self.sample_id, why)
+        self._openslide_why = why
 
     # -- construction / context --------------------------------------------------------------
     @classmethod
@@ -127,6 +130,15 @@ class WSI:
     def reads_tiles_directly(self) -> bool:
         """True when pixels come from the TIFF tiles, False when OpenSlide composites them."""
         return self._tiles is not None
+
+    @property
+    def pixel_source(self) -> str:
+        """Where the pixels come from, for the log: the TIFF tiles and how they are stored, or
+        OpenSlide and why (a slide that misses the fast path should say so, not only be slow)."""
+        tiles = self._tiles
+        if tiles is not None:
+            return f"the TIFF's tiles ({tiles.describe()})"
+        return f"OpenSlide ({self._openslide_why})"
 
     def close(self) -> None:
         for name in ("_tiles", "_tiles_failed"):
@@ -187,7 +199,13 @@ class WSI:
                 # A level failed its self-check: OpenSlide reads everything from now on. The
                 # reader stays open until close(), for threads still inside a read.
                 self._tiles, self._tiles_failed = None, tiles
-                log.debug("%s: OpenSlide reads the pixels (%s)", self.sample_id, tiles.failed)
+                self._openslide_why = tiles.failed
+                log.warning(
+                    "%s %s: OpenSlide reads the pixels from now on (%s)",
+                    self.sample_id,
+                    self.path,
+                    tiles.failed,
+                )
         return self._openslide_level(level, x, y, w, h)
 
     def _openslide_level(
