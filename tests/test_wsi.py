@@ -501,6 +501,28 @@ def test_hest_written_slides_are_read_directly(tmp_path):
     np.testing.assert_array_equal(direct.read_box(*box), ref.read_box(*box))
 
 
+def test_streams_longer_than_the_tile_keep_the_first_tile(tmp_path):
+    """An LZW or deflate stream that decodes to more bytes than the tile gives the tile's
+    first bytes, as libtiff (OpenSlide) does: libdeflate alone refuses it (no room)."""
+    import zlib
+
+    import imagecodecs
+
+    from mint.data.tiff_tiles import _DEFLATE, _LZW, _decode_into
+
+    tile = np.random.default_rng(7).integers(0, 256, (16, 16, 3), np.uint8)
+    longer = tile.tobytes() + bytes(range(256)) * 2
+    for compression, data in ((_LZW, imagecodecs.lzw_encode(longer)),
+                              (_DEFLATE[0], zlib.compress(longer))):  # fmt: skip
+        out = np.zeros_like(tile)
+        _decode_into(compression, data, out)
+        np.testing.assert_array_equal(out, tile)
+    with pytest.raises(ValueError, match="decodes to 700 of 768 bytes"):  # too short
+        _decode_into(_DEFLATE[0], zlib.compress(longer[:700]), np.zeros_like(tile))
+    with pytest.raises(ValueError, match="deflate stream"):  # corrupt, whatever its length
+        _decode_into(_DEFLATE[0], b"x\x9c" + bytes(50), np.zeros_like(tile))
+
+
 @pytest.mark.parametrize("codec", ["lzw", "deflate"])
 def test_damaged_tiles_give_one_line_errors(tmp_path, codec):
     """An LZW or deflate tile whose stream ends early or does not decode is an error naming
@@ -521,6 +543,9 @@ def test_damaged_tiles_give_one_line_errors(tmp_path, codec):
     lv.offsets[3] = 8  # the TIFF header and IFD bytes: not a stream of this codec
     with pytest.raises(MintError, match=r"^BAD1 .*tile \(3, 0\)"):
         tiles._decode(0, 0, 3)
+    lv.counts[1] = 2**45  # a damaged byte count: an error, not a 32 TiB allocation
+    with pytest.raises(MintError, match=r"^BAD1 .*tile \(1, 0\).*past the file's end"):
+        tiles._decode(0, 0, 1)
 
 
 def test_read_box_writes_into_out(slides):

@@ -32,6 +32,7 @@ import logging
 import os
 import threading
 import weakref
+import zlib
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
@@ -123,13 +124,25 @@ def _decode_into(compression: int, data: bytes, out: np.ndarray) -> None:
 
     imagecodecs (tifffile's codec library) decodes: libdeflate for deflate, its own LZW
     decoder; both release the GIL and write straight into the tile buffer. ValueError, or
-    imagecodecs' LzwError or DeflateError, when the stream is corrupt or shorter than the tile.
+    imagecodecs' LzwError, when the stream is corrupt or shorter than the tile (LZW has no
+    checksum: a damaged LZW stream can also decode to wrong pixels, in libtiff as here).
     """
     flat = out.reshape(-1)
     if compression == _LZW:
         got = imagecodecs.lzw_decode(data, out=flat)
     else:
-        got = imagecodecs.deflate_decode(data, out=flat)
+        try:
+            got = imagecodecs.deflate_decode(data, out=flat)
+        except imagecodecs.DeflateError:
+            # A stream that inflates to more than the tile (libtiff, and the LZW decoder above,
+            # keep the first tile's worth) makes libdeflate stop: zlib decides, as far as the
+            # tile goes; a corrupt stream fails there too.
+            try:
+                raw = zlib.decompressobj().decompress(data, flat.size)
+            except zlib.error as exc:
+                raise ValueError(f"deflate stream: {exc}") from None
+            got = flat[: len(raw)]
+            got[:] = np.frombuffer(raw, np.uint8)
     if got.size != flat.size:
         raise ValueError(f"tile decodes to {got.size} of {flat.size} bytes")
 
@@ -191,6 +204,7 @@ class TiffTiles:
         self._slabs = _Slabs(2 * self.cache_bytes)
         self._lock = threading.Lock()
         self._fd = os.open(self.path, os.O_RDONLY)
+        self._file_bytes = os.fstat(self._fd).st_size
         self._slide, self._downsamples = wsi._slide, wsi.level_downsamples
         self._checked: set[int] = set()
         self._check_lock = threading.Lock()
@@ -383,7 +397,10 @@ class TiffTiles:
         if n <= 0:
             return None
         try:
-            data = os.pread(self._fd, n, int(lv.offsets[idx]))
+            offset = int(lv.offsets[idx])
+            if offset < 0 or n > self._file_bytes - offset:  # a damaged IFD: never allocate n
+                raise ValueError(f"tile of {n} bytes at {offset} ends past the file's end")
+            data = os.pread(self._fd, n, offset)
             if len(data) != n:
                 raise ValueError(f"file ends early ({len(data)} of {n} bytes)")
             if lv.compression == _JPEG:

@@ -116,7 +116,9 @@ class WSI:
         self._plans: dict[tuple, tuple] = {}
         self._local = threading.local()
         self._tiles_failed: TiffTiles | None = None
-        self._tiles, why = TiffTiles.open(self, cache_mb << 20) if direct else (None, "direct tile reads off")
+        self._tiles, why = (
+            TiffTiles.open(self, cache_mb << 20) if direct else (None, "direct tile reads off")
+        )
         if why:
             log.debug("%s: OpenSlide reads the pixels (%s)", self.sample_id, why)
         self._openslide_why = why
