@@ -606,6 +606,7 @@ def test_levels_are_checked_on_first_use_and_a_failing_level_hands_over(
     with caplog.at_level("WARNING", logger="mint.data.wsi"):
         got = wsi.read_region(40, 60, 448, 224)  # downsample 2: level 1
     assert not wsi.reads_tiles_directly
+    assert not wsi._tiles_failed._cache  # level 0's decoded tiles are not kept for nothing
     assert "S " in caplog.text and "OpenSlide reads the pixels from now on" in caplog.text
     assert wsi.pixel_source.startswith(
         "OpenSlide (direct tile read differs from OpenSlide at level 1"

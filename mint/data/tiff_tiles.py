@@ -228,7 +228,7 @@ class TiffTiles:
             return None, f"{type(exc).__name__}: {exc}"
 
     def describe(self) -> str:
-        """How level 0's tiles are stored, for the log (e.g. "LZW tiles, horizontal predictor")."""
+        """How level 0's tiles are stored, for the log ("LZW 256x256 tiles, horizontal predictor")."""
         lv = self.levels[0]
         codec = {_RAW: "uncompressed", _LZW: "LZW", _JPEG: "JPEG"}.get(lv.compression, "deflate")
         predictor = ", horizontal predictor" if lv.predictor == _HORIZONTAL else ""
@@ -371,6 +371,13 @@ class TiffTiles:
             pending.done.set()
             pending = None  # no cycle error -> traceback -> this frame -> pending -> error
         return tile
+
+    def forget_all(self) -> None:
+        """Drop every cached tile: the reader is no longer used (a level failed its
+        self-check), but stays open for threads still inside a read, which keep their arrays."""
+        with self._lock:
+            self._cache.clear()
+            self._cached = 0
 
     def keep_only_below(self, level: int, row: int) -> None:
         """Drop the cached tiles that reads of `level` from level pixel row `row` down cannot

@@ -199,8 +199,10 @@ class WSI:
                 return tiles.read(level, int(x), int(y), int(w), int(h)), float(x), float(y)
             except UseOpenSlide:
                 # A level failed its self-check: OpenSlide reads everything from now on. The
-                # reader stays open until close(), for threads still inside a read.
+                # reader stays open until close(), for threads still inside a read; its cache
+                # (up to cache_mb of decoded tiles) goes now.
                 self._tiles, self._tiles_failed = None, tiles
+                tiles.forget_all()
                 self._openslide_why = tiles.failed
                 log.warning(
                     "%s %s: OpenSlide reads the pixels from now on (%s)",
