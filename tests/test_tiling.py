@@ -143,8 +143,9 @@ def _visium_sample(tmp_path: Path, sid: str, ps: float = 1.0, n: int = 6):
 
 
 def test_threads_give_identical_output(tmp_path, caplog):
-    """...and the log says where the pixels come from (a slide that misses the direct reader
-    is only slower, so it must be visible: every HEST slide did until LZW was decoded)."""
+    """One and two reader threads write the same tile file, and the log says where the pixels
+    come from (a slide that misses the direct reader is only slower, so it must be visible:
+    every HEST slide did until LZW was decoded)."""
     paths = _visium_sample(tmp_path, "THR")
     one, two = tmp_path / "one.h5", tmp_path / "two.h5"
     i = info("THR", "Visium", 1.0, "spot", "visium")

@@ -501,7 +501,7 @@ def test_hest_written_slides_are_read_directly(tmp_path):
     np.testing.assert_array_equal(direct.read_box(*box), ref.read_box(*box))
 
 
-def test_streams_longer_than_the_tile_keep_the_first_tile(tmp_path):
+def test_streams_longer_than_the_tile_keep_the_first_tile():
     """An LZW or deflate stream that decodes to more bytes than the tile gives the tile's
     first bytes, as libtiff (OpenSlide) does: libdeflate alone refuses it (no room)."""
     import zlib
@@ -535,7 +535,7 @@ def test_damaged_tiles_give_one_line_errors(tmp_path, codec):
     lv = tiles.levels[0]
     lv.counts = lv.counts.copy()
     lv.counts[2] //= 2  # tile (2, 0): half its stream
-    with pytest.raises(MintError, match=r"^BAD1 .*lzw\.tif|^BAD1 .*deflate\.tif") as err:
+    with pytest.raises(MintError, match=rf"^BAD1 .*{codec}\.tif") as err:
         tiles._decode(0, 0, 2)
     assert "tile (2, 0)" in str(err.value) and "\n" not in str(err.value)
     lv.offsets = lv.offsets.copy()

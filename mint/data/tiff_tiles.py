@@ -432,7 +432,6 @@ class TiffTiles:
             OSError,
             ValueError,
             imagecodecs.LzwError,
-            imagecodecs.DeflateError,
             imagecodecs.DeltaError,
             cv2.error,
         ) as exc:
