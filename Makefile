@@ -1,5 +1,6 @@
 # The two commands of the README: `make demo` and `make test`. Both create the virtual
-# environment on first use (idempotent: re-run only when pyproject.toml changes).
+# environment on first use (idempotent: re-run only when pyproject.toml or the C decoder changes:
+# the editable install builds mint/data/_lzw.c in place, setup.py).
 VENV ?= .venv
 CORES ?= 2
 PYTHON ?= python3
@@ -13,7 +14,7 @@ export MKL_NUM_THREADS ?= 1
 
 env: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py mint/data/_lzw.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
@@ -27,14 +28,14 @@ test: env
 	$(BIN)/python -m pytest -q
 
 lint: env
-	$(BIN)/ruff check mint tests benchmarks
-	$(BIN)/ruff format --check mint tests benchmarks
+	$(BIN)/ruff check mint tests benchmarks setup.py
+	$(BIN)/ruff format --check mint tests benchmarks setup.py
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 	$(BIN)/snakemake --lint --configfile config/demo.yaml
 
 format: env
-	$(BIN)/ruff check --fix mint tests benchmarks
-	$(BIN)/ruff format mint tests benchmarks
+	$(BIN)/ruff check --fix mint tests benchmarks setup.py
+	$(BIN)/ruff format mint tests benchmarks setup.py
 	$(BIN)/snakefmt Snakefile workflow/rules
 
 dag: env

@@ -391,6 +391,13 @@ def main() -> None:
         f"tiles: 256 px, {compression}, {'horizontal' if predictor else 'no'} predictor"
         f"{' (as HEST writes its slides)' if args.compression == 'lzw' else ''}"
     )
+    if compression == "lzw":
+        from mint.data import tiff_tiles
+
+        print(
+            "mint's LZW decoder: "
+            + ("mint.data._lzw" if tiff_tiles._lzw else f"imagecodecs ({tiff_tiles._NO_LZW})")
+        )
     print("per CPU-s, wall /s: patches per CPU-second and per wall-second of opening the slide and")
     print("reading every patch; import CPU-s: the method's module imports, not in the ratios")
     print(

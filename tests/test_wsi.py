@@ -395,6 +395,32 @@ def test_direct_tile_reads_equal_openslide(tmp_path, monkeypatch, codec):
         assert np.abs(a.astype(int) - b).mean() <= (1.0 if codec == "jpeg" else 0.0)
 
 
+def test_lzw_slides_without_mints_decoder_go_to_imagecodecs(tmp_path, monkeypatch, caplog):
+    """Installed without a C compiler (mint.data._lzw not built), LZW tiles are decoded by
+    imagecodecs: the same pixels, a warning once per process, and the tile log says why."""
+    import logging
+
+    from mint.data import tiff_tiles
+
+    monkeypatch.setattr(tiff_tiles, "_lzw", None)
+    monkeypatch.setattr(tiff_tiles, "_warned_no_lzw", False)
+    img = texture(520, 610, 0.5, seed=8)
+    path = write_pyramidal_tiff_array(tmp_path / "lzw.tif", img, 0.5, compression="lzw")
+    with caplog.at_level(logging.WARNING, logger="mint.data.tiff_tiles"):
+        direct, again = WSI(path, 0.5, "S"), WSI(path, 0.5, "S")
+    assert caplog.text.count("LZW slide tiles decode at about half speed") == 1
+    assert direct.reads_tiles_directly and again.reads_tiles_directly
+    assert direct.pixel_source == (
+        "the TIFF's tiles (LZW 256x256 tiles, horizontal predictor, decoded by imagecodecs: "
+        "mint.data._lzw is not built (reinstall with a C compiler: pip install -e .))"
+    )
+    ref = WSI(path, 0.5, "S", direct=False)
+    for box in ((0.0, 0.0, 224.0), (123.4, 201.7, 231.7), (400.0, 300.0, 224.0)):
+        np.testing.assert_array_equal(
+            direct.read_box(*box, box[2], PATCH, PATCH), ref.read_box(*box, box[2], PATCH, PATCH)
+        )
+
+
 def test_direct_reader_falls_back_to_openslide(slides, monkeypatch):
     """When the self-check at open disagrees with OpenSlide, OpenSlide reads (same pixels)."""
     import mint.data.tiff_tiles as wsi_mod
@@ -501,9 +527,17 @@ def test_hest_written_slides_are_read_directly(tmp_path):
     np.testing.assert_array_equal(direct.read_box(*box), ref.read_box(*box))
 
 
-def test_streams_longer_than_the_tile_keep_the_first_tile():
+@pytest.mark.parametrize("mint_lzw", [True, False])
+def test_streams_longer_than_the_tile_keep_the_first_tile(monkeypatch, mint_lzw):
     """An LZW or deflate stream that decodes to more bytes than the tile gives the tile's
-    first bytes, as libtiff (OpenSlide) does: libdeflate alone refuses it (no room)."""
+    first bytes, as libtiff (OpenSlide) does: libdeflate alone refuses it (no room). LZW with
+    mint's decoder and with imagecodecs'."""
+    from mint.data import tiff_tiles
+
+    if not mint_lzw:
+        monkeypatch.setattr(tiff_tiles, "_lzw", None)
+    elif tiff_tiles._lzw is None:
+        pytest.skip("mint.data._lzw is not built")
     import zlib
 
     import imagecodecs
@@ -515,12 +549,14 @@ def test_streams_longer_than_the_tile_keep_the_first_tile():
     for compression, data in ((_LZW, imagecodecs.lzw_encode(longer)),
                               (_DEFLATE[0], zlib.compress(longer))):  # fmt: skip
         out = np.zeros_like(tile)
-        _decode_into(compression, data, out)
+        _decode_into(compression, False, data, out)
         np.testing.assert_array_equal(out, tile)
-    with pytest.raises(ValueError, match="decodes to 700 of 768 bytes"):  # too short
-        _decode_into(_DEFLATE[0], zlib.compress(longer[:700]), np.zeros_like(tile))
+    for compression, data in ((_LZW, imagecodecs.lzw_encode(longer[:700])),
+                              (_DEFLATE[0], zlib.compress(longer[:700]))):  # fmt: skip
+        with pytest.raises(ValueError, match="decodes to 700 of 768 bytes"):  # too short
+            _decode_into(compression, False, data, np.zeros_like(tile))
     with pytest.raises(ValueError, match="deflate stream"):  # corrupt, whatever its length
-        _decode_into(_DEFLATE[0], b"x\x9c" + bytes(50), np.zeros_like(tile))
+        _decode_into(_DEFLATE[0], False, b"x\x9c" + bytes(50), np.zeros_like(tile))
 
 
 @pytest.mark.parametrize("codec", ["lzw", "deflate"])

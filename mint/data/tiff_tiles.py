@@ -13,10 +13,13 @@ times slower still and blurs.
 Codecs: what HEST's own writer produces and what other plain pyramids use. HEST writes its
 ``wsis/*.tif`` with libvips ``tiffsave`` (``hest.utils.tiff_save``): LZW since HEST-lib 1.1.0,
 deflate before, both with libvips' default horizontal predictor, 256 px tiles. Those, deflate
-without a predictor, JPEG (RGB or YCbCr) and uncompressed tiles are decoded here: LZW and
-deflate by imagecodecs (libdeflate for deflate; both release the GIL, so reader threads decode
-in parallel), the predictor undone in place (imagecodecs ``delta_decode``), JPEG by OpenCV.
-Before LZW and the predictor were handled, every HEST slide went to OpenSlide.
+without a predictor, JPEG (RGB or YCbCr) and uncompressed tiles are decoded here: LZW by mint's
+own decoder (:mod:`mint.data._lzw`, a C extension: 2.5-3.8x imagecodecs' speed, and LZW
+decoding was 65-80% of a patch's cost), or by imagecodecs when that was not built (no C
+compiler at install; a warning says so); deflate by imagecodecs (libdeflate); the predictor
+undone in C or by imagecodecs ``delta_decode``; JPEG by OpenCV. All release the GIL, so
+reader threads decode in parallel. Before LZW and the predictor were handled, every HEST slide
+went to OpenSlide.
 
 The direct path is checked against OpenSlide on part of a level before its first direct read
 (level 0 when the slide is opened, others when first used, so a slide read only at level 0
@@ -41,6 +44,14 @@ import imagecodecs
 import numpy as np
 
 from mint.errors import MintError
+
+try:
+    from mint.data import _lzw
+except ImportError:  # installed without a C compiler (setup.py): imagecodecs decodes LZW tiles
+    _lzw = None
+#: Why LZW tiles decode at half speed, for the log.
+_NO_LZW = "mint.data._lzw is not built (reinstall with a C compiler: pip install -e .)"
+_warned_no_lzw = False
 
 if TYPE_CHECKING:
     from mint.data.wsi import WSI
@@ -119,22 +130,30 @@ class _Slabs:
             self._free.clear()
 
 
-def _decode_into(compression: int, data: bytes, out: np.ndarray) -> None:
-    """Fill the C-contiguous uint8 `out` with the decoded LZW or deflate `data`.
+def _decode_into(compression: int, predictor: bool, data: bytes, out: np.ndarray) -> None:
+    """Fill the C-contiguous uint8 (h, w, 3) `out` with the decoded LZW or deflate `data`,
+    the horizontal predictor undone when `predictor`.
 
-    imagecodecs (tifffile's codec library) decodes: libdeflate for deflate, its own LZW
-    decoder; both release the GIL and write straight into the tile buffer. ValueError, or
-    imagecodecs' LzwError, when the stream is corrupt or shorter than the tile (LZW has no
-    checksum: a damaged LZW stream can also decode to wrong pixels, in libtiff as here).
+    LZW: mint's decoder (:mod:`mint.data._lzw`, 2.4-3.8x imagecodecs' speed on HEST-format
+    tiles, benchmarks/RESULTS.md); imagecodecs when that was not built, and for old-style
+    (pre-TIFF 6) streams. Deflate: imagecodecs (libdeflate). All release the GIL and write
+    straight into the tile buffer. ValueError, or imagecodecs' LzwError, when the stream is
+    corrupt or shorter than the tile (LZW has no checksum: a damaged LZW stream can also
+    decode to wrong pixels, in libtiff as here).
     """
     flat = out.reshape(-1)
+    if compression == _LZW and _lzw is not None and not _old_style_lzw(data):
+        got = _lzw.decode(data, flat, out.shape[1], out.shape[2], predictor)
+        if got != flat.size:
+            raise ValueError(f"tile decodes to {got} of {flat.size} bytes")
+        return
     if compression == _LZW:
         got = imagecodecs.lzw_decode(data, out=flat)
     else:
         try:
             got = imagecodecs.deflate_decode(data, out=flat)
         except imagecodecs.DeflateError:
-            # A stream that inflates to more than the tile (libtiff, and the LZW decoder above,
+            # A stream that inflates to more than the tile (libtiff, and the LZW decoders,
             # keep the first tile's worth) makes libdeflate stop: zlib decides, as far as the
             # tile goes; a corrupt stream fails there too.
             try:
@@ -145,6 +164,22 @@ def _decode_into(compression: int, data: bytes, out: np.ndarray) -> None:
             got[:] = np.frombuffer(raw, np.uint8)
     if got.size != flat.size:
         raise ValueError(f"tile decodes to {got.size} of {flat.size} bytes")
+    if predictor:  # each sample was stored less its left neighbour's
+        imagecodecs.delta_decode(out, axis=-2, out=out)
+
+
+def _warn_if_no_lzw(levels: list[_Level]) -> None:
+    """Warn once per process when LZW tiles (HEST's format) must go to imagecodecs."""
+    global _warned_no_lzw
+    if _lzw is None and not _warned_no_lzw and any(lv.compression == _LZW for lv in levels):
+        _warned_no_lzw = True
+        log.warning("LZW slide tiles decode at about half speed: %s", _NO_LZW)
+
+
+def _old_style_lzw(data: bytes) -> bool:
+    """An old-style (LSB-first, pre-TIFF 6) LZW stream, as libtiff and imagecodecs tell it:
+    its first code, CLEAR, read LSB first, starts with bytes 0x00, 0x01."""
+    return len(data) > 1 and data[0] == 0 and data[1] & 1 == 1
 
 
 class _Level:
@@ -219,6 +254,7 @@ class TiffTiles:
             if isinstance(levels, str):
                 return None, levels
             tiles = cls(wsi, levels, cache_bytes)
+            _warn_if_no_lzw(levels)
             why = tiles._check_level(0)
             if not why:
                 return tiles, ""
@@ -228,11 +264,13 @@ class TiffTiles:
             return None, f"{type(exc).__name__}: {exc}"
 
     def describe(self) -> str:
-        """How level 0's tiles are stored, for the log ("LZW 256x256 tiles, horizontal predictor")."""
+        """How level 0's tiles are stored, for the log ("LZW 256x256 tiles, horizontal
+        predictor"), and for LZW without mint's decoder, that imagecodecs decodes them."""
         lv = self.levels[0]
         codec = {_RAW: "uncompressed", _LZW: "LZW", _JPEG: "JPEG"}.get(lv.compression, "deflate")
         predictor = ", horizontal predictor" if lv.predictor == _HORIZONTAL else ""
-        return f"{codec} {lv.tw}x{lv.th} tiles{predictor}"
+        slow = f", decoded by imagecodecs: {_NO_LZW}" if lv.compression == _LZW and not _lzw else ""
+        return f"{codec} {lv.tw}x{lv.th} tiles{predictor}{slow}"
 
     @staticmethod
     def _levels(wsi: WSI) -> list[_Level] | str:
@@ -420,9 +458,7 @@ class TiffTiles:
                     raise RuntimeError("cv2.cvtColor did not write into the tile")
             elif lv.compression == _LZW or lv.compression in _DEFLATE:
                 rgb = self._slabs.take((lv.th, lv.tw, 3))
-                _decode_into(lv.compression, data, rgb)
-                if lv.predictor == _HORIZONTAL:  # each sample was stored less its left one's
-                    imagecodecs.delta_decode(rgb, axis=-2, out=rgb)
+                _decode_into(lv.compression, lv.predictor == _HORIZONTAL, data, rgb)
             else:
                 need = lv.th * lv.tw * 3
                 if len(data) < need:
