@@ -1,16 +1,17 @@
 /* TIFF LZW tile decoder for mint.data.tiff_tiles (the direct slide reader's hot loop).
 
 Why a decoder of our own: HEST writes its slides as LZW tiles with the horizontal predictor
-(libvips tiffsave), and decoding them is most of what tiling costs. imagecodecs' decoder
-copies every new table string into a side buffer and the output byte by byte (~1,000 us a
-256 px RGB tile here); libtiff's is ~30% faster. This one keeps each table entry as a
+(libvips tiffsave), and decoding them was 65-80% of what tiling a patch cost. imagecodecs'
+decoder copies every new table string into a side buffer and the output byte by byte (~1,000 us
+a 256 px RGB tile here); libtiff's is ~1.4x as fast. This one keeps each table entry as a
 (start, length) view of the output already written (an entry is always the previous code's
-string plus the first byte of the next, which lie side by side in the output) and copies
-short strings with fixed 8-byte moves, about twice as fast as imagecodecs. Semantics follow
-libtiff's new-style decoder (LZWDecode): MSB-first codes, "early change" of the code width at
-511 / 1023 / 2047 entries, CLEAR = 256, EOI = 257, a missing leading CLEAR tolerated, output
-stopped when the tile is full. Old-style (LSB, pre-TIFF 6) streams are left to imagecodecs by
-the caller.
+string plus the first byte of the next, which lie side by side in the output) and copies short
+strings with fixed 8-byte moves: 2.5-3.8x imagecodecs' speed on HEST-format tiles
+(benchmarks/lzw.py). Semantics follow libtiff's new-style decoder (LZWDecode in tif_lzw.c):
+MSB-first codes, "early change" of the code width at 511 / 1023 / 2047 entries, CLEAR = 256,
+EOI = 257, a stream that does not start with CLEAR is corrupt, at most 5119 table entries
+(4095 + 1024 of slack for encoders late with CLEAR), output stopped when the tile is full.
+Old-style (LSB, pre-TIFF 6) streams are left to imagecodecs by the caller.
 
 Safety: every read stays inside `src`, every write inside `dst`, for any input (the fast
 copies run only with 8 bytes of slack past the string); corrupt streams return an error
@@ -24,10 +25,10 @@ code. The GIL is released while decoding, so reader threads decode in parallel. 
 #define LZW_CLEAR 256
 #define LZW_EOI 257
 #define LZW_FIRST 258
-/* libtiff's table: 4096 codes plus slack for encoders that are late with CLEAR */
-#define LZW_TABLE 5120
+/* libtiff's table (CSIZE): 4095 codes plus slack for encoders that are late with CLEAR */
+#define LZW_TABLE 5119
 
-#define ERR_CORRUPT -1 /* a code past the table, or a first code that is not a byte */
+#define ERR_CORRUPT -1 /* a code past the table, or a stream that does not start with CLEAR */
 #define ERR_TABLE -2   /* table full without CLEAR */
 #define ERR_SIZE -3    /* an output of 4 GiB or more (table offsets are 32-bit) */
 
@@ -66,7 +67,8 @@ static Py_ssize_t lzw_decode(const uint8_t *src, Py_ssize_t nsrc, uint8_t *dst, 
     Py_ssize_t p = 0, start_old = 0;
     int width = 9;
     uint32_t table = LZW_FIRST;
-    int32_t old = -1;
+    int32_t old = -1; /* the previous code; -1 before the first code after CLEAR */
+    int cleared = 0;  /* a CLEAR has been read (libtiff refuses any other first code) */
 
     if (ndst > (Py_ssize_t)UINT32_MAX) return ERR_SIZE;
     for (int i = 0; i < 256; i++) {
@@ -109,12 +111,14 @@ static Py_ssize_t lzw_decode(const uint8_t *src, Py_ssize_t nsrc, uint8_t *dst, 
                 for (Py_ssize_t i = 1; i < n; i++) dst[p + i] = dst[s + i];
             }
             if (old < 0) { /* the first code after CLEAR (a byte: table is 258): no entry to add */
+                if (!cleared) return ERR_CORRUPT;
                 old = (int32_t)code;
                 start_old = p;
                 p += n;
                 continue;
             }
         } else if (code == LZW_CLEAR) {
+            cleared = 1;
             table = LZW_FIRST;
             width = 9;
             old = -1;
@@ -184,7 +188,8 @@ static PyObject *py_decode(PyObject *self, PyObject *args) {
         return NULL;
     Py_ssize_t got;
     PyObject *result = NULL;
-    if (predictor && (width <= 0 || samples <= 0 || dst.len % (width * samples) != 0)) {
+    if (predictor && (width <= 0 || samples <= 0 || width > PY_SSIZE_T_MAX / samples ||
+                      dst.len % (width * samples) != 0)) {
         PyErr_SetString(PyExc_ValueError, "predictor: dst is not whole rows of width x samples");
         goto done;
     }

@@ -134,7 +134,7 @@ def _decode_into(compression: int, predictor: bool, data: bytes, out: np.ndarray
     """Fill the C-contiguous uint8 (h, w, 3) `out` with the decoded LZW or deflate `data`,
     the horizontal predictor undone when `predictor`.
 
-    LZW: mint's decoder (:mod:`mint.data._lzw`, 2.4-3.8x imagecodecs' speed on HEST-format
+    LZW: mint's decoder (:mod:`mint.data._lzw`, 2.5-3.8x imagecodecs' speed on HEST-format
     tiles, benchmarks/RESULTS.md); imagecodecs when that was not built, and for old-style
     (pre-TIFF 6) streams. Deflate: imagecodecs (libdeflate). All release the GIL and write
     straight into the tile buffer. ValueError, or imagecodecs' LzwError, when the stream is
@@ -254,9 +254,9 @@ class TiffTiles:
             if isinstance(levels, str):
                 return None, levels
             tiles = cls(wsi, levels, cache_bytes)
-            _warn_if_no_lzw(levels)
             why = tiles._check_level(0)
             if not why:
+                _warn_if_no_lzw(levels)
                 return tiles, ""
             tiles.close()
             return None, why
