@@ -142,16 +142,16 @@ def _decode_into(compression: int, predictor: bool, data: bytes, out: np.ndarray
     decode to wrong pixels, in libtiff as here).
     """
     flat = out.reshape(-1)
+    undo_predictor = predictor
     if compression == _LZW and _lzw is not None and not _old_style_lzw(data):
+        # undoes the predictor itself, once the tile is full
         got = _lzw.decode(data, flat, out.shape[1], out.shape[2], predictor)
-        if got != flat.size:
-            raise ValueError(f"tile decodes to {got} of {flat.size} bytes")
-        return
-    if compression == _LZW:
-        got = imagecodecs.lzw_decode(data, out=flat)
+        undo_predictor = False
+    elif compression == _LZW:
+        got = imagecodecs.lzw_decode(data, out=flat).size
     else:
         try:
-            got = imagecodecs.deflate_decode(data, out=flat)
+            got = imagecodecs.deflate_decode(data, out=flat).size
         except imagecodecs.DeflateError:
             # A stream that inflates to more than the tile (libtiff, and the LZW decoders,
             # keep the first tile's worth) makes libdeflate stop: zlib decides, as far as the
@@ -160,11 +160,11 @@ def _decode_into(compression: int, predictor: bool, data: bytes, out: np.ndarray
                 raw = zlib.decompressobj().decompress(data, flat.size)
             except zlib.error as exc:
                 raise ValueError(f"deflate stream: {exc}") from None
-            got = flat[: len(raw)]
-            got[:] = np.frombuffer(raw, np.uint8)
-    if got.size != flat.size:
-        raise ValueError(f"tile decodes to {got.size} of {flat.size} bytes")
-    if predictor:  # each sample was stored less its left neighbour's
+            got = len(raw)
+            flat[:got] = np.frombuffer(raw, np.uint8)
+    if got != flat.size:
+        raise ValueError(f"tile decodes to {got} of {flat.size} bytes")
+    if undo_predictor:  # each sample was stored less its left neighbour's
         imagecodecs.delta_decode(out, axis=-2, out=out)
 
 
