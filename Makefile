@@ -1,6 +1,6 @@
 # The two commands of the README: `make demo` and `make test`. Both create the virtual
-# environment on first use (idempotent: re-run only when pyproject.toml or the C decoder changes:
-# the editable install builds mint/data/_lzw.c in place, setup.py).
+# environment on first use (idempotent: re-run only when pyproject.toml or the C code changes:
+# the editable install builds mint/data/_lzw.c and _resample.c in place, setup.py).
 VENV ?= .venv
 CORES ?= 2
 PYTHON ?= python3
@@ -14,7 +14,7 @@ export MKL_NUM_THREADS ?= 1
 
 env: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml setup.py mint/data/_lzw.c
+$(VENV)/.installed: pyproject.toml setup.py mint/data/_lzw.c mint/data/_resample.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'

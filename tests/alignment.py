@@ -1,5 +1,6 @@
 """Ground truth for the tiling and WSI-reader tests: a texture defined in micrometres, the
-ideal patch centred anywhere on it, and the sub-pixel shift between two patches."""
+ideal patch centred anywhere on it, the sub-pixel shift between two patches, and exact
+bilinear interpolation."""
 
 from __future__ import annotations
 
@@ -81,3 +82,19 @@ def truth_patch(cx_um: float, cy_um: float, seed: int = 0, supersample: int = 4)
     g = (np.arange(n) + 0.5) * step - PATCH * TARGET_UM / 2
     hi = render_um(cy_um + g, cx_um + g, seed)
     return cv2.resize(hi, (PATCH, PATCH), interpolation=cv2.INTER_AREA)
+
+
+def bilinear_exact(img: np.ndarray, x: float, y: float, sx: float, sy: float, oh: int, ow: int):
+    """Bilinear interpolation of uint8 `img` in float64, the reference of mint's resampler:
+    output (u, v) samples centre coordinates (x + u * sx, y + v * sy), the border repeated
+    (clamped indices). Returns (oh, ow, channels) float64."""
+    img = img.reshape(img.shape[0], img.shape[1], -1).astype(np.float64)
+    h, w = img.shape[:2]
+    px, py = x + np.arange(ow) * sx, y + np.arange(oh) * sy
+    x0, y0 = np.floor(px), np.floor(py)
+    fx, fy = (px - x0)[None, :, None], (py - y0)[:, None, None]
+    cx0, cx1 = np.clip(x0, 0, w - 1).astype(int), np.clip(x0 + 1, 0, w - 1).astype(int)
+    cy0, cy1 = np.clip(y0, 0, h - 1).astype(int), np.clip(y0 + 1, 0, h - 1).astype(int)
+    top = img[cy0][:, cx0] * (1 - fx) + img[cy0][:, cx1] * fx
+    bottom = img[cy1][:, cx0] * (1 - fx) + img[cy1][:, cx1] * fx
+    return top * (1 - fy) + bottom * fy

@@ -874,15 +874,18 @@ def test_a_corrupt_tile_fails_every_reader_thread_with_the_sample(tmp_path, slid
     assert re.search(r"S9 .*s0\.5\.tif: cannot read pixels", str(errors[0]))
 
 
-def test_reader_keeps_only_small_per_slide_state(slides):
+def test_reader_keeps_only_small_per_slide_state(slides, monkeypatch):
     """What read_box keeps between calls stays small: a whole-slide view does not leave a
-    band-sized warp buffer behind for the rest of the slide's life, and boxes of ever new sizes
-    do not grow the per-size plans without bound."""
+    band-sized region buffer behind for the rest of the slide's life, and boxes of ever new
+    sizes do not grow the per-size plans without bound."""
+    from mint.data import tiff_tiles
+
+    monkeypatch.setattr(tiff_tiles, "_SCRATCH_BYTES", 1 << 20)
     path, img = slides[0.5]
     with WSI(path, 0.5, "S") as wsi:
-        view, scale = wsi.downscaled(0.65)  # fractional scale: the warp path, ~600 x 550 px
-        assert view.shape[0] * view.shape[1] * 4 > 1 << 20 and scale == pytest.approx(1.3)
-        buf = getattr(wsi._local, "warp", None)
+        view, scale = wsi.downscaled(0.65)  # fractional scale: the bilinear path, ~600 x 550 px
+        assert img.nbytes > 1 << 20 and scale == pytest.approx(1.3)  # one band: whole level 0
+        buf = getattr(wsi._tiles._local, "buf", None)
         assert buf is None or buf.nbytes <= 1 << 20
         for k in range(100):
             wsi.read_box(10.0, 20.0, 100.0 + k, 100.0 + k, 64, 64)

@@ -3,8 +3,9 @@
 Pixels come straight from the TIFF tiles when the slide is a plain tiled pyramidal TIFF (HEST's
 format): :class:`TiffTiles` decodes each tile once, keeps the decoded tiles (RGB, as stored) in
 a byte-bounded LRU cache shared by every patch and reader thread (from which the caller drops
-the rows of tiles it is done with: :meth:`TiffTiles.keep_only_below`), and assembles the
-requested box from them as RGBA in a buffer each reader thread reuses. OpenSlide's
+the rows of tiles it is done with: :meth:`TiffTiles.keep_only_below`), and hands out the
+requested box as a view of its tile when one tile holds it, else assembled in a buffer each
+reader thread reuses. OpenSlide's
 ``read_region`` costs about as much per pixel for a cached tile as decoding it (it composites
 through cairo into premultiplied ARGB, then converts), and on levels whose reported downsample
 is not an integer (any odd-sized slide) it takes a sub-pixel compositing path that is several
@@ -25,8 +26,7 @@ The direct path is checked against OpenSlide on part of a level before its first
 (level 0 when the slide is opened, others when first used, so a slide read only at level 0
 decodes nothing else) and is not used when they differ or the file is anything else (a vendor
 format such as SVS, another compression or predictor, planar layout): OpenSlide then reads, as
-before. Regions are RGBA (alpha 255) internally because OpenCV's bilinear warp is ~2.5x faster
-on 4 channels than on 3.
+before.
 """
 
 from __future__ import annotations
@@ -62,8 +62,8 @@ log = logging.getLogger(__name__)
 _RAW, _LZW, _JPEG, _DEFLATE = 1, 5, 7, (8, 32946)
 #: TIFF predictors: none, horizontal differencing (libvips' default for LZW and deflate).
 _NO_PREDICTOR, _HORIZONTAL = 1, 2
-#: Largest region (bytes of RGBA) assembled in a reader thread's reused buffer rather than a new
-#: array: a few patches' worth (a 224 px patch read at up to 2x is ~0.8 MB), small enough that
+#: Largest region (bytes of RGB) assembled in a reader thread's reused buffer rather than a new
+#: array: a few patches' worth (a 224 px patch read at up to 2x is ~0.6 MB), small enough that
 #: whole-slide bands (:meth:`WSI.downscaled`) never pin their size per thread.
 _SCRATCH_BYTES = 4 << 20
 #: Largest mean |direct - OpenSlide| (uint8) accepted by the self-check (JPEG decoders may
@@ -349,8 +349,10 @@ class TiffTiles:
                 mine = np.ascontiguousarray(self._read(level, x, y, w, h))
                 ds = self._downsamples[level]
                 loc = (int(round(x * ds)), int(round(y * ds)))
-                ref = np.asarray(self._slide.read_region(loc, level, (w, h)))
-                # mean |difference| over R, G, B (alpha: 255 in both inside the level)
+                # (alpha: 255 inside the level)
+                ref = cv2.cvtColor(
+                    np.asarray(self._slide.read_region(loc, level, (w, h))), cv2.COLOR_RGBA2RGB
+                )
                 mad = sum(cv2.sumElems(cv2.absdiff(mine, ref))[:3]) / (w * h * 3)
                 if mad > _CHECK_MAD:
                     self.failed = (
@@ -433,9 +435,7 @@ class TiffTiles:
     def _decode(self, level: int, ty: int, tx: int) -> np.ndarray | None:
         """RGB tile (th, tw, 3), read-only; None for a tile the file does not store (white).
 
-        Kept as RGB, as stored: widening every decoded tile to RGBA wrote a second, larger
-        array per tile (fresh memory, the dearest write on a busy machine); regions are widened
-        instead, into a reused per-thread buffer, while they are assembled (:meth:`_read`)."""
+        Kept as RGB, as stored, and never copied when one tile holds a region (:meth:`_read`)."""
         lv = self.levels[level]
         idx = ty * lv.ntx + tx
         n = int(lv.counts[idx]) if idx < len(lv.counts) else 0
@@ -479,10 +479,11 @@ class TiffTiles:
         return rgb
 
     def read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
-        """RGBA (h, w, 4) of level pixels [x, x + w) x [y, y + h); outside the level is white.
+        """RGB (h, w, 3) of level pixels [x, x + w) x [y, y + h); outside the level is white.
 
-        The array is this thread's scratch buffer when the region is small (at most
-        :data:`_SCRATCH_BYTES`): valid until the thread's next read, so use it before reading
+        Never write into the array: it is a read-only view of a cached tile when one tile
+        holds the region, else this thread's scratch buffer when the region is small (at most
+        :data:`_SCRATCH_BYTES`), valid until the thread's next read; so use it before reading
         again and copy what must be kept. Raises UseOpenSlide when the level fails its
         self-check (run before its first read).
         """
@@ -491,23 +492,29 @@ class TiffTiles:
         return self._read(level, x, y, w, h)
 
     def _region(self, h: int, w: int) -> np.ndarray:
-        """An uninitialised C-contiguous (h, w, 4) uint8 array: a view of this thread's reused
+        """An uninitialised C-contiguous (h, w, 3) uint8 array: a view of this thread's reused
         buffer for small regions (already-touched memory, warm in cache), else a new array."""
-        need = h * w * 4
+        need = h * w * 3
         if need > _SCRATCH_BYTES:
-            return np.empty((h, w, 4), np.uint8)
+            return np.empty((h, w, 3), np.uint8)
         buf = getattr(self._local, "buf", None)
         if buf is None or buf.size < need:
             buf = self._local.buf = np.empty(max(need, 1 << 18), np.uint8)
-        return buf[:need].reshape(h, w, 4)
+        return buf[:need].reshape(h, w, 3)
 
     def _read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         lv = self.levels[level]
         x0, y0 = max(x, 0), max(y, 0)
         x1, y1 = min(x + w, lv.width), min(y + h, lv.height)
         tw, th = lv.tw, lv.th
-        out = self._region(h, w)
         inside = x0 < x1 and y0 < y1 and (x0, y0, x1, y1) == (x, y, x + w, y + h)
+        ty, tx = y0 // th, x0 // tw
+        if inside and (y1 - 1) // th == ty and (x1 - 1) // tw == tx:
+            # one tile holds the region: a view of it, no copy (the resampler takes strided rows)
+            tile = self._tile(level, ty, tx)
+            if tile is not None:
+                return tile[y0 - ty * th : y1 - ty * th, x0 - tx * tw : x1 - tx * tw]
+        out = self._region(h, w)
         if not inside:  # inside the level every pixel comes from a tile: no white fill first
             out.fill(255)
         if x0 >= x1 or y0 >= y1:
@@ -521,9 +528,5 @@ class TiffTiles:
                 if tile is None:
                     dst.fill(255)
                     continue
-                src = tile[ay0 - ty * th : ay1 - ty * th, ax0 - tx * tw : ax1 - tx * tw]
-                # RGB -> RGBA (alpha 255) straight into the region; OpenCV writes into `dst`
-                # (a strided view) only when shape and type match, so check it did.
-                if cv2.cvtColor(src, cv2.COLOR_RGB2RGBA, dst=dst) is not dst:
-                    raise RuntimeError("cv2.cvtColor did not write into the region")
+                dst[...] = tile[ay0 - ty * th : ay1 - ty * th, ax0 - tx * tw : ax1 - tx * tw]
         return out

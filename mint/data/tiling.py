@@ -118,7 +118,7 @@ def read_patches(
     tiles across the slide, not the slide; in any other order nothing is read twice either.
 
     Parallelism is the `threads` reader threads only: OpenCV's own thread pool is set to one
-    thread while patches are read (and restored after), because splitting one 224 px warp over
+    thread while patches are read (and restored after), because splitting one 224 px resize over
     all cores costs more CPU than it saves and would make ``--threads 1`` use every core.
     """
     n = len(tops)

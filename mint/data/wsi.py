@@ -17,11 +17,11 @@ Geometry is exact, fractional boxes included: output pixel u covers level-0
 *integer* box of the chosen level (its fast path; a fractional location would make OpenSlide
 resample the whole region bilinearly) plus a one-pixel margin (more on the far side when it
 shrinks by 2x or more), then places the fractional box with :func:`resample` (one bilinear
-sub-pixel affine warp on the level's grid, after averaging whole blocks when it must shrink by
-2 or more). Spot patches need this: their centres are fractional and the source side
+sub-pixel pass on the level's grid, after averaging whole blocks when it must shrink by 2 or
+more). Spot patches need this: their centres are fractional and the source side
 ``224 * 0.5 / slide_um`` is rarely an integer, and snapping either to the pixel grid shifts the
 patch by more than an output pixel on coarse (~1 um/px) slides. Whole-pixel boxes at the read
-level (integer-aligned spots, a Xenium grid whose step is whole there) skip the warp: plain
+level (integer-aligned spots, a Xenium grid whose step is whole there) skip it: plain
 crop/resize.
 
 Pixels come straight from the TIFF tiles when the slide is a plain tiled pyramidal TIFF (HEST's
@@ -35,7 +35,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import threading
 from pathlib import Path
 
 import cv2
@@ -43,6 +42,17 @@ import numpy as np
 
 from mint.data.tiff_tiles import TiffTiles, UseOpenSlide
 from mint.errors import MintError, show
+
+try:
+    from mint.data import _resample
+except ImportError:  # installed without a C compiler (setup.py): OpenCV's warp resamples
+    _resample = None
+#: mint's resampler where its vector path runs (x86 with SSSE3: every x86-64 CPU since about
+#: 2011); elsewhere OpenCV's warp, faster than the resampler's plain C path.
+_RESAMPLER = _resample is not None and _resample.SIMD
+#: Why patches are resampled more slowly, for the log (once per process).
+_NO_RESAMPLER = "mint.data._resample is not built (reinstall with a C compiler: pip install -e .)"
+_warned_no_resampler = False
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +62,6 @@ _LEVEL_TOLERANCE = 1e-3
 _EPS = 1e-6
 #: Bytes of level pixels decoded at once when building a whole-slide view.
 _BAND_BYTES = 64 << 20
-#: Largest warp output kept in a per-thread buffer (a 224 px patch is 0.2 MB).
-_WARP_BUFFER_BYTES = 1 << 20
 #: Box sizes whose read plan a WSI keeps (a tile run uses one).
 _PLANS = 64
 
@@ -114,7 +122,6 @@ class WSI:
         self.level_downsamples = [float(d) for d in self._slide.level_downsamples]
         self.level_scales = [_content_scale(self.dimensions, d) for d in self.level_dimensions]
         self._plans: dict[tuple, tuple] = {}
-        self._local = threading.local()
         self._tiles_failed: TiffTiles | None = None
         self._tiles, why = (
             TiffTiles.open(self, cache_mb << 20) if direct else (None, "direct tile reads off")
@@ -122,6 +129,7 @@ class WSI:
         if why:
             log.debug("%s: OpenSlide reads the pixels (%s)", self.sample_id, why)
         self._openslide_why = why
+        _warn_if_no_resampler()
 
     # -- construction / context --------------------------------------------------------------
     @classmethod
@@ -186,8 +194,9 @@ class WSI:
     def _read_level(
         self, level: int, x: int, y: int, w: int, h: int
     ) -> tuple[np.ndarray, float, float]:
-        """RGBA uint8 (h, w, 4), alpha 255, from `level` starting near level pixel (x, y);
-        outside the slide is white.
+        """RGB uint8 (h, w, 3) from `level` starting near level pixel (x, y); outside the
+        slide is white. Read-only or reused by this thread's next read (direct tile reads):
+        use it before reading again, and never write into it.
 
         Returns the pixels and the level coordinates of their top-left corner (exactly (x, y)
         for direct tile reads; for OpenSlide, location / reported downsample as it computes
@@ -226,14 +235,12 @@ class WSI:
             ) from None
         alpha = rgba[..., 3]
         if alpha.min() == 255:
-            return rgba, loc[0] / ds, loc[1] / ds
+            return cv2.cvtColor(rgba, cv2.COLOR_RGBA2RGB), loc[0] / ds, loc[1] / ds
         # OpenSlide returns transparent pixels outside the slide (openslide-python hands them
         # back un-premultiplied): composite onto white so padding looks like glass.
         a = alpha[..., None].astype(np.uint32)
-        out = np.empty(rgba.shape, np.uint8)
-        out[..., :3] = ((rgba[..., :3].astype(np.uint32) * a + 127) // 255 + (255 - a)).clip(0, 255)
-        out[..., 3] = 255
-        return out, loc[0] / ds, loc[1] / ds
+        rgb = ((rgba[..., :3].astype(np.uint32) * a + 127) // 255 + (255 - a)).clip(0, 255)
+        return rgb.astype(np.uint8), loc[0] / ds, loc[1] / ds
 
     def read_box(
         self,
@@ -252,6 +259,10 @@ class WSI:
         (out_h, out_w, 3) uint8 array, e.g. one slot of a batch) the patch is written there and
         `out` is returned: the last colour conversion writes into it, saving a copy per patch.
         """
+        if out is not None and (
+            out.shape != (out_h, out_w, 3) or out.dtype != np.uint8 or not out.flags.c_contiguous
+        ):
+            raise ValueError(f"out must be C-contiguous uint8 {(out_h, out_w, 3)}, got {out.shape}")
         level, kx, ky, bw, bh, whole, ax, ay = self._plan_for(w, h, out_w, out_h)
         bx, by = x / kx, y / ky
         exact = whole and _is_int(bx) and _is_int(by)
@@ -263,30 +274,13 @@ class WSI:
         ix1 = math.ceil(bx + bw - _EPS) + (ax if ax > 1 else margin)
         iy1 = math.ceil(by + bh - _EPS) + (ay if ay > 1 else margin)
         region, sx, sy = self._read_level(level, ix0, iy0, ix1 - ix0, iy1 - iy0)
-        img = resample(
-            region, bx - sx, by - sy, bw, bh, out_w, out_h, self._warp_buffer(out_h, out_w)
-        )
-        if out is None:
-            return cv2.cvtColor(img, cv2.COLOR_RGBA2RGB) if img.shape[2] == 4 else img
-        if out.shape != (out_h, out_w, 3) or out.dtype != np.uint8 or not out.flags.c_contiguous:
-            raise ValueError(f"out must be C-contiguous uint8 {(out_h, out_w, 3)}, got {out.shape}")
-        if img.shape[2] == 4:
-            cv2.cvtColor(img, cv2.COLOR_RGBA2RGB, dst=out)
-        else:
-            out[...] = img
+        # `region` may be this thread's reused buffer or a cached tile: resample never
+        # returns it itself (crops are copied), so the patch is the caller's
+        img = resample(region, bx - sx, by - sy, bw, bh, out_w, out_h, out)
+        if out is None or img is out:
+            return img
+        out[...] = img
         return out
-
-    def _warp_buffer(self, h: int, w: int) -> np.ndarray | None:
-        """This thread's reused (h, w, 4) array for the warp's output, which read_box only
-        converts into the patch it returns (a new array per patch cost ~2 us of a ~200).
-        None for outputs above a few patches (whole-slide bands): not kept for the slide's
-        lifetime."""
-        if h * w * 4 > _WARP_BUFFER_BYTES:
-            return None
-        buf = getattr(self._local, "warp", None)
-        if buf is None or buf.shape[:2] != (h, w):
-            buf = self._local.warp = np.empty((h, w, 4), np.uint8)
-        return buf
 
     def forget_above(self, y: float, w: float, h: float, out_w: int, out_h: int) -> None:
         """Drop the decoded tiles that no box of this size starting at level-0 row `y` or
@@ -362,6 +356,15 @@ class WSI:
         return img
 
 
+def _warn_if_no_resampler() -> None:
+    """Warn once per process when patches must be resampled by OpenCV's warp because the
+    extension was not built (not where it was built without a vector path: nothing to fix)."""
+    global _warned_no_resampler
+    if _resample is None and not _warned_no_resampler:
+        _warned_no_resampler = True
+        log.warning("patches are resampled 2-3.5x more slowly (OpenCV's warp): %s", _NO_RESAMPLER)
+
+
 def _content_scale(dims0: tuple[int, int], dims: tuple[int, int]) -> tuple[float, float]:
     """Level-0 pixels per pixel of a level, per axis, as its *content* was made.
 
@@ -396,14 +399,20 @@ def resample(
 ) -> np.ndarray:
     """Resample the box (fx, fy, fw, fh) of `img` (pixel coordinates, corners) to out size.
 
-    `img` may have 3 or 4 channels (the output has as many). One bilinear pass on the input
+    `img` has 1 to 4 channels (the output has as many; slides are uint8, other types take
+    OpenCV's warp) and is never returned itself or written to. One bilinear pass on the input
     grid, placed exactly: output pixel centre u + 0.5 samples input fx + (u + 0.5) * fw / out_w.
     Along an axis that shrinks by a whole factor k >= 2, k input pixels are averaged first
     (area, exact: cheap in OpenCV, the blocks start at the box's first whole pixel), so the
     bilinear pass never shrinks by 2 or more, where it would alias without bound as k grows.
-    Whole-pixel boxes inside `img` then take a plain crop or `cv2.resize`; anything else an
-    affine warp, which repeats the border outside `img` and writes into `dst` when it has the
-    output's shape (the result is then `dst`; the crop and resize paths ignore `dst`).
+    Whole-pixel boxes inside `img` then take a plain crop (copied) or `cv2.resize`; anything
+    else the bilinear pass, which repeats the border outside `img`. Every path writes into
+    `dst` when it is a C-contiguous array of the output's shape (the result is then `dst`).
+    The bilinear pass is mint's resampler (:mod:`mint.data._resample`, on RGB straight into
+    `dst`: 2-3.5x OpenCV's warp with the RGBA conversions it needs to be fast,
+    ``benchmarks/resample.py``) where its vector path runs (x86), else OpenCV's warp on 4
+    channels (its 3-channel warp is 2.5x slower); both sample the same points, and their
+    outputs are within 1 of each other.
 
     Why not area averaging down to about the output scale and then the warp (the earlier
     design): between 1x and 2x OpenCV's area resize of a fractional factor costs 8-10x the
@@ -423,30 +432,45 @@ def resample(
             block = img[sy : sy + ny * ky, sx : sx + nx * kx]
             img = cv2.resize(block, (nx, ny), interpolation=cv2.INTER_AREA)
             fx, fy, fw, fh = (fx - sx) / kx, (fy - sy) / ky, fw / kx, fh / ky
+    shape = (out_h, out_w, *img.shape[2:])
+    fits = dst is not None and dst.shape == shape and dst.flags.c_contiguous
     if _is_int(fx) and _is_int(fy) and _is_int(fw) and _is_int(fh):
         x0, y0, w, h = (int(round(v)) for v in (fx, fy, fw, fh))
         if x0 >= 0 and y0 >= 0 and x0 + w <= img.shape[1] and y0 + h <= img.shape[0]:
             crop = img[y0 : y0 + h, x0 : x0 + w]
             if (w, h) == (out_w, out_h):
-                return np.ascontiguousarray(crop)
-            return cv2.resize(crop, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
+                if not fits:
+                    return crop.copy()
+                dst[...] = crop
+                return dst
+            return cv2.resize(
+                crop, (out_w, out_h), dst=dst if fits else None, interpolation=cv2.INTER_LINEAR
+            )
     rx, ry = fw / out_w, fh / out_h
     # Output pixel centre u + 0.5 maps to fx + (u + 0.5) * rx in corner coordinates, i.e.
-    # fx + (u + 0.5) * rx - 0.5 in OpenCV's centre-based coordinates.
-    m = np.array([[rx, 0.0, fx + 0.5 * rx - 0.5], [0.0, ry, fy + 0.5 * ry - 0.5]], np.float64)
-    return cv2.warpAffine(
-        img,
-        m,
+    # fx + (u + 0.5) * rx - 0.5 in centre-based coordinates (the resampler's and OpenCV's).
+    cx, cy = fx + 0.5 * rx - 0.5, fy + 0.5 * ry - 0.5
+    if _RESAMPLER and img.dtype == np.uint8:
+        out = dst if fits else np.empty(shape, np.uint8)
+        return _resample.bilinear(img, out, cx, cy, rx, ry)
+    # OpenCV's warp, on 4 channels where there are 3 (it is 2.5x faster on 4)
+    wide = img.ndim == 3 and img.shape[2] == 3
+    warped = cv2.warpAffine(
+        cv2.cvtColor(img, cv2.COLOR_RGB2RGBA) if wide else img,
+        np.array([[rx, 0.0, cx], [0.0, ry, cy]], np.float64),
         (out_w, out_h),
-        dst=dst if dst is not None and dst.shape == (out_h, out_w, img.shape[2]) else None,
+        dst=None if wide or not fits else dst,
         flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
         borderMode=cv2.BORDER_REPLICATE,
     )
+    if not wide:
+        return warped
+    return cv2.cvtColor(warped, cv2.COLOR_RGBA2RGB, dst=dst if fits else None)
 
 
 def _blocks(f: float, size: float, k: int, n: int) -> tuple[int, int]:
     """First input pixel and number of k-pixel blocks along one axis for the box [f, f + size)
-    of an axis of n pixels: the whole axis (0, n) when k is 1 (nothing averaged; the warp
+    of an axis of n pixels: the whole axis (0, n) when k is 1 (nothing averaged; the bilinear pass
     needs the pixels on both sides of the box), else from the box's first whole pixel to the
     block holding its end, within the axis (0 blocks when the box starts past it)."""
     if k == 1:

@@ -1,0 +1,223 @@
+"""mint's bilinear resampler (mint/data/_resample.c) against an exact float64 bilinear reference
+written here, against OpenCV's warp (the path it replaced, still the fallback), and its vector
+path against its plain C path; out-of-bounds reads against a guard page."""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from alignment import bilinear_exact as exact
+
+from mint.data import wsi as wsi_mod
+
+_resample = pytest.importorskip("mint.data._resample", reason="mint.data._resample is not built")
+
+
+def run(src, oh, ow, x, y, sx, sy, simd=True):
+    dst = np.empty((oh, ow, *src.shape[2:]), np.uint8)
+    assert _resample.bilinear(src, dst, x, y, sx, sy, simd=simd) is dst
+    return dst
+
+
+def cases(n: int, seed: int = 0):
+    """Random noise images (the worst case: neighbours differ by up to 255) with random
+    channels, sizes, scales from 0.3x to 1.99x, offsets inside, across and outside the image."""
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        ch = int(rng.integers(1, 5))
+        h, w = (int(v) for v in rng.integers(1, 90, 2))
+        shape = (h, w) if ch == 1 and rng.random() < 0.5 else (h, w, ch)
+        img = rng.integers(0, 256, shape, np.uint8)
+        oh, ow = (int(v) for v in rng.integers(1, 120, 2))
+        sx, sy = (float(v) for v in rng.uniform(0.3, 1.99, 2))
+        x, y = (float(v) for v in rng.uniform(-8, [w + 4, h + 4]))
+        yield img, oh, ow, x, y, sx, sy
+
+
+def test_equals_exact_bilinear_within_rounding():
+    """Every output within 0.52 of the float64 value on noise, whatever the channels, scale and
+    offset (weights are quantised to 1/8192 of a pixel horizontally, 1/32768 vertically): a
+    sampling point off by 1/500 pixel, a swapped weight or a wrong border shows here."""
+    worst = 0.0
+    for img, oh, ow, x, y, sx, sy in cases(300):
+        ref = exact(img, x, y, sx, sy, oh, ow)
+        got = run(img, oh, ow, x, y, sx, sy).reshape(ref.shape).astype(np.float64)
+        err = float(np.abs(got - ref).max())
+        assert err <= 0.52, (img.shape, oh, ow, x, y, sx, sy, err)
+        worst = max(worst, err)
+    assert worst > 0.49  # the comparison saw rounding, it did not compare a copy with itself
+
+
+def test_vector_path_equals_plain_c_path():
+    """The SSSE3 path and the plain C path compute the same integers (bit-identical), so a
+    machine without SSSE3 (or OpenCV's fallback aside) makes the same patches."""
+    if not _resample.SIMD:
+        pytest.skip("no vector path on this machine")
+    for img, oh, ow, x, y, sx, sy in cases(300, seed=1):
+        np.testing.assert_array_equal(
+            run(img, oh, ow, x, y, sx, sy), run(img, oh, ow, x, y, sx, sy, simd=False)
+        )
+
+
+def test_close_to_opencv_warp():
+    """Within 1 of OpenCV's warpAffine (bilinear, inverse map, border replicated), the path
+    it replaced and the fallback where it is not built."""
+    for img, oh, ow, x, y, sx, sy in cases(100, seed=2):
+        if img.ndim == 3 and img.shape[2] == 2:
+            continue  # OpenCV's warp takes 1, 3 or 4 channels (and 2)
+        m = np.array([[sx, 0.0, x], [0.0, sy, y]])
+        ref = cv2.warpAffine(
+            img, m, (ow, oh), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_REPLICATE,
+        )  # fmt: skip
+        got = run(img, oh, ow, x, y, sx, sy)
+        assert np.abs(got.astype(int) - ref.reshape(got.shape)).max() <= 1
+
+
+def test_shrinking_by_two_or_more_takes_the_plain_path_and_stays_exact():
+    """From 2x on, 8 outputs of a vector group can span more source bytes than its window:
+    those calls take the plain C path (mint.data.wsi averages whole blocks before the
+    bilinear pass, so its calls never do) and are just as exact."""
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (200, 300, 3), np.uint8)
+    for s in (2.0, 2.7, 5.5):
+        ref = exact(img, 0.3, 0.7, s, s, 30, 40)
+        assert np.abs(run(img, 30, 40, 0.3, 0.7, s, s) - ref).max() <= 0.52
+
+
+def test_strided_views_in_and_out():
+    """A source that is a view of part of a larger image (a cached tile) and a destination
+    that is one (a band of a larger output): only the view's pixels are read and written."""
+    rng = np.random.default_rng(4)
+    big = rng.integers(0, 256, (120, 140, 3), np.uint8)
+    src = big[10:70, 20:90]
+    canvas = np.zeros((90, 100, 3), np.uint8)
+    dst = canvas[5:65, 7:87]
+    assert _resample.bilinear(src, dst, 1.3, 2.6, 0.7, 0.8) is dst
+    ref = exact(np.ascontiguousarray(src), 1.3, 2.6, 0.7, 0.8, 60, 80)
+    assert np.abs(dst - ref).max() <= 0.52
+    outside = canvas.copy()
+    outside[5:65, 7:87] = 0
+    assert not outside.any()  # nothing written around the view
+    # the view's pixels alone: the rest of `big` does not leak in through the border
+    big2 = big.copy()
+    big2[:10], big2[70:], big2[:, :20], big2[:, 90:] = 0, 255, 0, 255
+    np.testing.assert_array_equal(
+        run(big2[10:70, 20:90], 60, 80, -3.0, -2.0, 1.2, 1.1),
+        run(np.ascontiguousarray(src), 60, 80, -3.0, -2.0, 1.2, 1.1),
+    )
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="guard page via mmap and mprotect")
+def test_never_reads_past_the_source():
+    """The vector path loads 32 bytes per group; rows whose loads would pass the source's last
+    byte are read from a padded copy. A source ending right before a page that cannot be read
+    (PROT_NONE) would crash the process otherwise."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    page = mmap.PAGESIZE
+    mem = mmap.mmap(-1, 4 * page, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    anchor = ctypes.c_char.from_buffer(mem)
+    base = ctypes.addressof(anchor)
+    assert libc.mprotect(ctypes.c_void_p(base + 3 * page), page, 0) == 0  # PROT_NONE
+    arena = src = None
+    try:
+        rng = np.random.default_rng(5)
+        arena = np.frombuffer(mem, np.uint8, 3 * page)
+        for h, w, ch in [(10, 37, 3), (5, 200, 4), (1, 9, 1), (3, 1, 3), (40, 50, 2)]:
+            n = h * w * ch
+            src = arena[3 * page - n :].reshape(h, w, ch)  # its last byte: the page's last
+            src[...] = rng.integers(0, 256, src.shape, np.uint8)
+            for sx in (0.5, 1.0, 1.7):
+                got = run(src, 12, 30, w - 3.2, h - 2.7, sx, 0.9)
+                ref = exact(src.copy(), w - 3.2, h - 2.7, sx, 0.9, 12, 30)
+                assert np.abs(got - ref.reshape(got.shape)).max() <= 0.52
+    finally:
+        libc.mprotect(ctypes.c_void_p(base + 3 * page), page, mmap.PROT_READ | mmap.PROT_WRITE)
+        del anchor, arena, src
+        mem.close()
+
+
+@pytest.mark.parametrize(
+    "src, dst, args, match",
+    [
+        (np.zeros((4, 4, 3), np.float32), np.zeros((2, 2, 3), np.uint8), (0, 0, 1, 1), "uint8"),
+        (np.zeros((4, 4, 3), np.uint8), np.zeros((2, 2, 4), np.uint8), (0, 0, 1, 1), "channels"),
+        (np.zeros((4, 4, 5), np.uint8), np.zeros((2, 2, 5), np.uint8), (0, 0, 1, 1), "channels"),
+        (np.zeros((4, 8, 3), np.uint8)[:, ::2], np.zeros((2, 2, 3), np.uint8), (0, 0, 1, 1),
+         "packed"),
+        (np.zeros((0, 4, 3), np.uint8), np.zeros((2, 2, 3), np.uint8), (0, 0, 1, 1), "empty"),
+        (np.zeros((4, 4, 3), np.uint8), np.zeros((2, 2, 3), np.uint8), (0, 0, 0, 1), "positive"),
+        (np.zeros((4, 4, 3), np.uint8), np.zeros((2, 2, 3), np.uint8), (np.nan, 0, 1, 1),
+         "finite"),
+        (np.zeros((4, 4, 3), np.uint8), np.zeros((2, 2, 3), np.uint8), (1e308, 0, 1e308, 1),
+         "finite"),
+        (np.zeros((4, 4, 3), np.uint8), np.zeros((2, 2, 3), np.uint8)[::-1], (0, 0, 1, 1),
+         "packed"),
+    ],
+)  # fmt: skip
+def test_refuses_what_it_cannot_resample(src, dst, args, match):
+    with pytest.raises(ValueError, match=match):
+        _resample.bilinear(src, dst, *args)
+
+
+def test_read_only_destination_is_refused():
+    dst = np.zeros((2, 2, 3), np.uint8)
+    dst.flags.writeable = False
+    with pytest.raises((ValueError, BufferError)):
+        _resample.bilinear(np.zeros((4, 4, 3), np.uint8), dst, 0, 0, 1, 1)
+
+
+def test_fallback_makes_the_same_patches_within_one(monkeypatch):
+    """mint.data.wsi.resample with the resampler and with OpenCV's warp (its fallback: not
+    built, or no vector path) gives patches within 1 of each other on RGB, the shrink paths
+    included (whole blocks averaged first)."""
+    rng = np.random.default_rng(6)
+    img = rng.integers(0, 256, (400, 420, 3), np.uint8)
+    boxes = [(10.3, 20.6, 100.0, 100.0, 224, 224), (5.5, 3.25, 263.5, 263.5, 224, 224),
+             (0.7, 1.2, 300.9, 300.9, 100, 100), (-3.5, 390.2, 140.0, 140.0, 224, 224)]  # fmt: skip
+    for box in boxes:
+        assert wsi_mod._RESAMPLER == _resample.SIMD
+        mine = wsi_mod.resample(img, *box)
+        monkeypatch.setattr(wsi_mod, "_RESAMPLER", False)
+        theirs = wsi_mod.resample(img, *box)
+        monkeypatch.undo()
+        assert mine.shape == theirs.shape == (box[5], box[4], 3)
+        assert np.abs(mine.astype(int) - theirs).max() <= 1, box
+
+
+def test_releases_the_gil_and_is_thread_safe():
+    """Reader threads resample in parallel; results do not depend on the thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    work = list(cases(40, seed=7))
+    one = [run(*c) for c in work]
+    with ThreadPoolExecutor(4) as pool:
+        many = list(pool.map(lambda c: run(*c), work))
+    for a, b in zip(one, many, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_warns_once_when_not_built(monkeypatch, caplog, tmp_path):
+    """Without the extension (no C compiler at install) OpenCV's warp resamples, and the log
+    says why once per process; the patches are within 1 of the resampler's."""
+    from mint.synth.tiff import write_pyramidal_tiff_array
+
+    img = np.random.default_rng(8).integers(0, 256, (300, 320, 3), np.uint8)
+    path = write_pyramidal_tiff_array(tmp_path / "s.tif", img, pixel_size_um=0.5)
+    box = (20.3, 30.6, 140.0, 140.0, 224, 224)
+    with wsi_mod.WSI(path, 0.5, "S") as wsi:
+        mine = wsi.read_box(*box)
+    monkeypatch.setattr(wsi_mod, "_resample", None)
+    monkeypatch.setattr(wsi_mod, "_RESAMPLER", False)
+    monkeypatch.setattr(wsi_mod, "_warned_no_resampler", False)
+    with caplog.at_level("WARNING", logger="mint.data.wsi"):
+        with wsi_mod.WSI(path, 0.5, "S") as a, wsi_mod.WSI(path, 0.5, "S"):
+            theirs = a.read_box(*box)
+    said = [r.getMessage() for r in caplog.records if "_resample is not built" in r.getMessage()]
+    assert len(said) == 1 and "OpenCV's warp" in said[0]
+    assert np.abs(mine.astype(int) - theirs).max() <= 1
