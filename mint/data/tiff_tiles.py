@@ -5,11 +5,10 @@ format): :class:`TiffTiles` decodes each tile once, keeps the decoded tiles (RGB
 a byte-bounded LRU cache shared by every patch and reader thread (from which the caller drops
 the rows of tiles it is done with: :meth:`TiffTiles.keep_only_below`), and hands out the
 requested box as a view of its tile when one tile holds it, else assembled in a buffer each
-reader thread reuses. OpenSlide's
-``read_region`` costs about as much per pixel for a cached tile as decoding it (it composites
-through cairo into premultiplied ARGB, then converts), and on levels whose reported downsample
-is not an integer (any odd-sized slide) it takes a sub-pixel compositing path that is several
-times slower still and blurs.
+reader thread reuses. OpenSlide's ``read_region`` costs about as much per pixel for a cached
+tile as decoding it (it composites through cairo into premultiplied ARGB, then converts), and
+on levels whose reported downsample is not an integer (any odd-sized slide) it takes a
+sub-pixel compositing path that is several times slower still and blurs.
 
 Codecs: what HEST's own writer produces and what other plain pyramids use. HEST writes its
 ``wsis/*.tif`` with libvips ``tiffsave`` (``hest.utils.tiff_save``): LZW since HEST-lib 1.1.0,

@@ -257,7 +257,7 @@ class WSI:
         Parts of the box outside the slide are white. Geometry is exact: output pixel u covers
         level-0 [x + u * w / out_w, x + (u + 1) * w / out_w). With `out` (a C-contiguous
         (out_h, out_w, 3) uint8 array, e.g. one slot of a batch) the patch is written there and
-        `out` is returned: the last colour conversion writes into it, saving a copy per patch.
+        `out` is returned: the resampling writes into it, saving a copy per patch.
         """
         if out is not None and (
             out.shape != (out_h, out_w, 3) or out.dtype != np.uint8 or not out.flags.c_contiguous
