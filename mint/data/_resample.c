@@ -12,18 +12,22 @@ OpenCV's warp with the conversions, 4-8.5x its RGB warp (benchmarks/resample.py)
 
 Geometry is the warp's (the caller's contract): output pixel (u, v) samples the source at
 centre coordinates (ax + u * rx, ay + v * ry), the border repeated outside the source. Weights
-are quantised to 1/8192 of a pixel horizontally and 1/32768 vertically: every output is within
-0.52 of the exact (float64) bilinear value, as close as a rounded uint8 can be. On x86 (SSSE3)
-the horizontal pass gathers the two samples of 8 output values with two byte shuffles and
-weighs them with two multiply-adds, and the vertical pass blends 8 values per instruction. The
-plain C path computes the same integers (bit-identical, tested); it is 3-7x slower than the
-vector path, slower than OpenCV's warp, so mint.data.wsi uses this module only where the vector
-path runs (SIMD), and the plain path serves calls the vector one cannot take (shrinking by 2x
-or more, which mint.data.wsi never asks for) and the tests.
+are quantised to 1/8192 of a pixel horizontally and 1/32768 vertically, with two roundings:
+every output is within 0.53 of the exact (float64) bilinear value (0.5 is the rounding of a
+uint8 itself; bound about 0.5 + 255/16384 + 3/256). On x86 (SSSE3) the horizontal pass gathers
+the two samples of 8 output values with two byte shuffles from a 32-byte window and weighs them
+with two multiply-adds, and the vertical pass blends 8 values per instruction. The plain C path
+computes the same integers (bit-identical, tested); it is 7-9x slower than the vector path and
+slower than OpenCV's warp, so mint.data.wsi uses this module only where the vector path runs
+(SIMD). The plain path serves the calls whose groups of 8 outputs span more than the window
+(shrinking by about 3.3x or more on RGB, which mint.data.wsi never asks for: it averages whole
+blocks first) and the tests.
 
-Safety: every read stays inside `src` and every write inside `dst` (a vector load that would
-reach past the source's last byte reads a padded copy of that row instead). The GIL is released
-while resampling, so reader threads resample in parallel. */
+Safety: every write stays inside `dst`, and every read inside the memory from the first to the
+last byte of `src` (a vector load may read the bytes between the rows of a view, which the
+shuffle drops; a load that would pass the last byte reads a padded copy of that row instead).
+The spans of `src` and `dst` (first to last byte) must not overlap. The GIL is released while resampling, so reader threads
+resample in parallel. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -132,7 +136,7 @@ typedef struct {
 } groups_t;
 
 /* The groups for a plan; -1 when out of memory, 1 when some group spans more than WINDOW
-   bytes (a shrink by 2 or more: the caller then takes the plain C path). */
+   bytes (a shrink by about 3.3x or more on RGB: the caller then takes the plain C path). */
 static int plan_groups(groups_t *g, const axis_t *ax, Py_ssize_t ow, int ch) {
     const Py_ssize_t nv = ow * ch;
     g->n = (nv + GROUP - 1) / GROUP;
@@ -358,6 +362,15 @@ static PyObject *py_bilinear(PyObject *self, PyObject *args, PyObject *kw) {
         PyErr_Format(PyExc_ValueError, "src has %d channels, dst %d", sc, dc);
         goto done;
     }
+    {
+        /* the resampler reads rows of src while it writes dst: they must be apart */
+        const char *s0 = src.buf, *s1 = s0 + (sh > 0 && sw > 0 ? (sh - 1) * ss + sw * sc : 0);
+        const char *d0 = dst.buf, *d1 = d0 + (oh > 0 && ow > 0 ? (oh - 1) * ds + ow * dc : 0);
+        if (s0 < d1 && d0 < s1) {
+            PyErr_SetString(PyExc_ValueError, "src and dst overlap");
+            goto done;
+        }
+    }
     if (sh < 1 || sw < 1) {
         PyErr_SetString(PyExc_ValueError, "src is empty");
         goto done;
@@ -395,8 +408,8 @@ static PyMethodDef methods[] = {
      "Fill the uint8 image `dst` (h, w) or (h, w, c), c <= 4, with `src` (same channels) "
      "resampled bilinearly: output pixel (u, v) samples the source at centre coordinates "
      "(x + u * step_x, y + v * step_y), the border repeated outside it. Pixels and samples must "
-     "be packed; rows may be apart (views of larger images). simd=False takes the plain C "
-     "path (the same result). Releases the GIL."},
+     "be packed; rows may be apart (views of larger images); src and dst must not overlap. "
+     "simd=False takes the plain C path (the same result). Releases the GIL."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -407,12 +407,14 @@ def resample(
     bilinear pass never shrinks by 2 or more, where it would alias without bound as k grows.
     Whole-pixel boxes inside `img` then take a plain crop (copied) or `cv2.resize`; anything
     else the bilinear pass, which repeats the border outside `img`. Every path writes into
-    `dst` when it is a C-contiguous array of the output's shape (the result is then `dst`).
+    `dst` when it is a writable C-contiguous array of the output's shape and type (the result
+    is then `dst`).
     The bilinear pass is mint's resampler (:mod:`mint.data._resample`, on RGB straight into
     `dst`: 2-3.5x OpenCV's warp with the RGBA conversions it needs to be fast,
     ``benchmarks/resample.py``) where its vector path runs (x86), else OpenCV's warp on 4
     channels (its 3-channel warp is 2.5x slower); both sample the same points, and their
-    outputs are within 1 of each other.
+    outputs are within 1 of each other with OpenCV 5 (older versions quantise the warp's
+    positions to 1/32 px).
 
     Why not area averaging down to about the output scale and then the warp (the earlier
     design): between 1x and 2x OpenCV's area resize of a fractional factor costs 8-10x the
@@ -433,7 +435,13 @@ def resample(
             img = cv2.resize(block, (nx, ny), interpolation=cv2.INTER_AREA)
             fx, fy, fw, fh = (fx - sx) / kx, (fy - sy) / ky, fw / kx, fh / ky
     shape = (out_h, out_w, *img.shape[2:])
-    fits = dst is not None and dst.shape == shape and dst.flags.c_contiguous
+    fits = (
+        dst is not None
+        and dst.shape == shape
+        and dst.dtype == img.dtype
+        and dst.flags.c_contiguous
+        and dst.flags.writeable
+    )
     if _is_int(fx) and _is_int(fy) and _is_int(fw) and _is_int(fh):
         x0, y0, w, h = (int(round(v)) for v in (fx, fy, fw, fh))
         if x0 >= 0 and y0 >= 0 and x0 + w <= img.shape[1] and y0 + h <= img.shape[0]:
@@ -451,10 +459,13 @@ def resample(
     # fx + (u + 0.5) * rx - 0.5 in centre-based coordinates (the resampler's and OpenCV's).
     cx, cy = fx + 0.5 * rx - 0.5, fy + 0.5 * ry - 0.5
     if _RESAMPLER and img.dtype == np.uint8:
+        if not _packed(img):  # e.g. a flipped view: the resampler takes packed pixels only
+            img = np.ascontiguousarray(img)
         out = dst if fits else np.empty(shape, np.uint8)
         return _resample.bilinear(img, out, cx, cy, rx, ry)
-    # OpenCV's warp, on 4 channels where there are 3 (it is 2.5x faster on 4)
-    wide = img.ndim == 3 and img.shape[2] == 3
+    # OpenCV's warp, on 4 channels where there are 3 and OpenCV can add the fourth (it is
+    # 2.5x faster on 4)
+    wide = img.ndim == 3 and img.shape[2] == 3 and img.dtype in (np.uint8, np.uint16, np.float32)
     warped = cv2.warpAffine(
         cv2.cvtColor(img, cv2.COLOR_RGB2RGBA) if wide else img,
         np.array([[rx, 0.0, cx], [0.0, ry, cy]], np.float64),
@@ -466,6 +477,15 @@ def resample(
     if not wide:
         return warped
     return cv2.cvtColor(warped, cv2.COLOR_RGBA2RGB, dst=dst if fits else None)
+
+
+def _packed(img: np.ndarray) -> bool:
+    """Whether `img`'s samples and pixels are packed and its rows in order (the resampler's
+    layout: rows may be apart, as in a view of part of a tile)."""
+    s, item = img.strides, img.itemsize
+    c = img.shape[2] if img.ndim == 3 else 1
+    ok = img.ndim in (2, 3) and (img.ndim == 2 or c == 1 or s[2] == item)
+    return ok and (img.shape[1] == 1 or s[1] == c * item) and s[0] >= img.shape[1] * c * item
 
 
 def _blocks(f: float, size: float, k: int, n: int) -> tuple[int, int]:
