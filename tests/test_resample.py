@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import platform
 import sys
 
 import cv2
@@ -71,6 +72,23 @@ def test_vector_path_equals_plain_c_path():
         np.testing.assert_array_equal(
             run(img, oh, ow, x, y, sx, sy), run(img, oh, ow, x, y, sx, sy, simd=False)
         )
+
+
+def _cpu_has_ssse3() -> bool:
+    """What the kernel says this CPU can do (Linux x86 only; elsewhere unknown, False)."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686") or sys.platform != "linux":
+        return False
+    with open("/proc/cpuinfo") as f:
+        return any(line.startswith("flags") and " ssse3" in line for line in f)
+
+
+@pytest.mark.skipif(not _cpu_has_ssse3(), reason="not a Linux x86 CPU with SSSE3")
+def test_vector_path_is_built_and_used_on_x86():
+    """The vector path is the reason the extension exists (the plain path is slower than
+    OpenCV's warp): on an x86 CPU with SSSE3 it must be compiled in and chosen, and the slide
+    reader must use the extension. Losing it would only cost speed, so nothing else fails."""
+    assert _resample.SIMD
+    assert wsi_mod._RESAMPLER
 
 
 def test_close_to_opencv_warp():
