@@ -3,7 +3,7 @@
 The decoder must give the bytes libtiff gives for every stream a TIFF writer produces, refuse
 what libtiff refuses, stop where the tile is full, and turn any damaged stream into a
 ValueError or a short count, never a read or write outside its buffers (checked under
-AddressSanitizer and UBSan when it was written; here guard bytes after the output catch
+AddressSanitizer and UBSan by tests/test_sanitizers.py; here guard bytes after the output catch
 writes past it).
 """
 
