@@ -1,7 +1,7 @@
 """Patch embedding throughput: `mint embed`'s sample loop against HEST's bench loop, one run.
 
     .venv/bin/python benchmarks/embed.py [--backbone tiny-vit] [--n 1024] [--batch-size 128] \
-        [--num-workers 2] [--repeats 3] [--device cpu]
+        [--num-workers 2] [--repeats 3] [--device cpu] [--precision fp32]
 
 Both embed the same patch file (HEST layout: ``img`` uint8 (N, 224, 224, 3), ``barcode``,
 ``coords``) with the same encoder (``mint.models.encoder.build_encoder``, random weights: speed
@@ -10,10 +10,12 @@ does not depend on them), batch size and worker count:
 * ``hest``: what HEST-Bench does (``hest/bench/benchmark.py``): hestcore's ``H5HESTDataset``
   (one h5 slice per item, ``chunk_size`` = batch size, each patch through ``PIL.Image`` and the
   torchvision ``ToTensor`` + ``Normalize`` eval transform in the worker), ``DataLoader(batch_size=1,
-  num_workers)``, then per batch ``.to(device).float()``, forward, ``.cpu().numpy()`` and an
-  append to the output h5 (HEST's ``embed_tiles`` / ``save_hdf5``). A local copy of that dataset
-  is used when hestcore is not installed.
-* ``mint``: ``mint.bench.embed.embed_sample`` (what ``mint embed`` runs per sample).
+  num_workers)``, then per batch ``.to(device).float()``, forward (under CUDA autocast to
+  ``--precision``, as HEST's ``embed_tiles`` does on a GPU; none on CPU), ``.cpu().numpy()`` and
+  an append to the output h5 (HEST's ``embed_tiles`` / ``save_hdf5``). A local copy of that
+  dataset is used when hestcore is not installed.
+* ``mint``: ``mint.bench.embed.embed_sample`` (what ``mint embed`` runs per sample) with the same
+  ``--precision``.
 
 Each runs ``--repeats`` times in alternating order; the fastest counts. Prints patches/s of both
 and ``mint / hest`` (same process, so the ratio holds on a shared machine).
@@ -88,8 +90,12 @@ def _append_h5(path: Path, assets: dict, mode: str) -> None:
                 d[-len(v) :] = v
 
 
-def hest_loop(enc, patches: Path, out: Path, batch: int, workers: int, device: str) -> int:
+def hest_loop(
+    enc, patches: Path, out: Path, batch: int, workers: int, device: str, precision: str
+) -> int:
     from torchvision import transforms
+
+    from mint.precision import autocast, autocast_dtype
 
     try:
         from hestcore.datasets import H5HESTDataset as Dataset
@@ -98,11 +104,13 @@ def hest_loop(enc, patches: Path, out: Path, batch: int, workers: int, device: s
     tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize(enc.mean, enc.std)])
     ds = Dataset(str(patches), chunk_size=batch, img_transform=tf)
     loader = torch.utils.data.DataLoader(ds, batch_size=1, shuffle=False, num_workers=workers)
+    amp = autocast_dtype(precision, device, cpu_autocast=False)
     n = 0
     with torch.inference_mode():
         for i, b in enumerate(loader):
             imgs = b["imgs"].squeeze(0).to(device).float()
-            emb = enc(imgs)["cls"]
+            with autocast(amp, device):
+                emb = enc(imgs)["cls"]
             coords = np.asarray(b["coords"]).squeeze(0)
             _append_h5(
                 out, {"embeddings": emb.cpu().numpy(), "coords": coords}, "w" if i == 0 else "a"
@@ -111,8 +119,10 @@ def hest_loop(enc, patches: Path, out: Path, batch: int, workers: int, device: s
     return n
 
 
-def mint_loop(enc, patches: Path, out: Path, batch: int, workers: int, device: str) -> int:
-    cfg = EmbedConfig(batch_size=batch, num_workers=workers, device=device, precision="fp32")
+def mint_loop(
+    enc, patches: Path, out: Path, batch: int, workers: int, device: str, precision: str
+) -> int:
+    cfg = EmbedConfig(batch_size=batch, num_workers=workers, device=device, precision=precision)
     sample = BenchSample("S", patches, patches.with_suffix(".h5ad"))
     return embed_sample(enc, sample, "BENCH", out, "bench", "bench", cfg, device)
 
@@ -125,6 +135,13 @@ def main() -> None:
     ap.add_argument("--num-workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16", "fp16"],
+        help="CUDA autocast dtype of the forward in both loops (HEST: the model's, e.g. fp16 for "
+        "UNI); ignored on CPU, where HEST runs in fp32",
+    )
     args = ap.parse_args()
     os.environ.setdefault("MINT_NO_PROGRESS", "1")
     enc = build_encoder(args.backbone, device=args.device, pretrained=False).eval()
@@ -137,19 +154,27 @@ def main() -> None:
             for name in ("hest", "mint") if rep % 2 == 0 else ("mint", "hest"):
                 out = Path(tmp) / f"{name}.h5"
                 t0 = time.perf_counter()
-                n = loops[name](enc, patches, out, args.batch_size, args.num_workers, args.device)
+                n = loops[name](
+                    enc, patches, out, args.batch_size, args.num_workers, args.device,
+                    args.precision,
+                )  # fmt: skip
                 if args.device.startswith("cuda"):
                     torch.cuda.synchronize()
                 times[name].append(time.perf_counter() - t0)
                 assert n == args.n
                 out.unlink()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    precision = args.precision if args.device.startswith("cuda") else "fp32 (cpu)"
     print(
-        f"backbone {args.backbone} | device {args.device} | {args.n} patches 224 px | batch "
-        f"{args.batch_size} | workers {args.num_workers} | torch threads {torch.get_num_threads()}"
+        f"backbone {args.backbone} | device {args.device} | precision {precision} | {args.n} "
+        f"patches 224 px | batch {args.batch_size} | workers {args.num_workers} | torch threads "
+        f"{torch.get_num_threads()}"
         f" | best of {args.repeats} alternating runs | cpus {os.cpu_count()} | load {load:.1f}"
     )
     best = {k: min(v) for k, v in times.items()}
+    if args.device.startswith("cuda"):
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        print(f"peak GPU memory (both loops): {peak:.2f} GiB")
     for k in ("hest", "mint"):
         print(
             f"{k:5} {args.n / best[k]:8.1f} patches/s (median {args.n / statistics.median(times[k]):.1f})"

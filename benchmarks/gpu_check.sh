@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# One short check for a lent GPU (about 3 minutes on one H100/H200; each part has a timeout so
-# the whole script stays under 5 minutes):
+# One short check for a lent GPU (about 4 minutes on one H100/H200; each part has a timeout so
+# the whole script stays under 7 minutes):
 #   1. bf16 MINT step vs plain supervised step for ViT-B/16 (batch 64) and ViT-L/16 (batch 32),
 #      full DINOv2-sized settings (2 x 224 + 8 x 96 crops, 65,536 prototypes), random weights
 #      (timm architectures, pretrained=False): images/s and peak memory; ST isolation by the
 #      default mask-free split attention (flash kernel allowed) and by the dense mask
 #      (`mint-mask`, rules the flash kernel out), ViT-B also without st_isolation;
-#   2. a real 200-step demo training run (`mint train`, tiny-vit, demo hyperparameters) on toy
+#   2. embedding throughput, `mint embed`'s loop against HEST-Bench's (benchmarks/embed.py):
+#      ViT-L/16 (UNI's architecture, random weights), fp16 autocast as HEST embeds UNI, 4096
+#      patches, batch 128, 8 loader workers;
+#   3. a real 200-step demo training run (`mint train`, tiny-vit, demo hyperparameters) on toy
 #      shards written here (the workflow's results/ is not on the device), then load_model.
 # Figures go to stdout and to $OUT (default benchmarks/out/gpu_check).
 # Needs the project environment: PYTHON=/path/to/python, else .venv/bin/python, else python3.
@@ -24,8 +27,10 @@ START=$(date +%s)
 status=0
 if [ "${DRY:-0}" = 1 ]; then
   DEV=cpu; TINY=--tiny; BB=2; BL=2; NS=1; NTRAIN=64; DSTEPS=6; PREC=fp32
+  EMB=tiny-vit; EN=64; EW=1; EPREC=fp32
 else
   DEV=cuda; TINY=; BB=64; BL=32; NS=0; NTRAIN=1024; DSTEPS=200; PREC=bf16
+  EMB=timm:vit_large_patch16_224; EN=4096; EW=8; EPREC=fp16
 fi
 
 {
@@ -54,6 +59,8 @@ step vit_b 110 "$PY" benchmarks/train_step.py --backbone timm:vit_base_patch16_2
 step vit_l 100 "$PY" benchmarks/train_step.py --backbone timm:vit_large_patch16_224 $TINY \
   --batch-size "$BL" --steps $((6 - 5 * NS)) --warmup $((2 - NS)) --precision "$PREC" \
   --params '{}' --device "$DEV" --variants mint,mint-mask,plain --json-out "$OUT/vit_l.json"
+step embed 150 "$PY" benchmarks/embed.py --backbone "$EMB" --n "$EN" --batch-size 128 \
+  --num-workers "$EW" --repeats 2 --device "$DEV" --precision "$EPREC"
 
 step toy_shards 40 "$PY" -c "
 from mint.train.toy import write_toy_shards
