@@ -13,6 +13,9 @@
 #      shards written here (the workflow's results/ is not on the device), then load_model.
 # Figures go to stdout and to $OUT (default benchmarks/out/gpu_check).
 # Needs the project environment: PYTHON=/path/to/python, else .venv/bin/python, else python3.
+# An environment that has only PyTorch, timm, h5py, OpenCV, pandas, scikit-learn, tensorboard
+# and the like (a GPU image) also needs `webdataset` and `braceexpand`; the script stops at once,
+# naming what is missing, rather than failing in every part.
 # DRY=1 runs the same script at toy sizes on the CPU (to check the script itself).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +41,15 @@ fi
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "nvidia-smi: not available"
   "$PY" -c "import torch, timm; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'timm', timm.__version__, 'gpu', torch.cuda.is_available())"
 } 2>&1 | tee "$OUT/env.txt"
+if ! missing=$("$PY" -c "
+import importlib.util as u
+need = ('torch', 'torchvision', 'timm', 'numpy', 'h5py', 'cv2', 'PIL', 'pandas', 'yaml', 'tqdm',
+        'safetensors', 'webdataset', 'braceexpand', 'tensorboard')
+gone = [m for m in need if u.find_spec(m) is None]
+print(' '.join(gone)); raise SystemExit(1 if gone else 0)"); then
+  echo "gpu_check: $PY lacks: $missing (pip install -e . installs all; or pip install them)" | tee "$OUT/summary.txt"
+  exit 2
+fi
 
 step() {  # name, timeout seconds, command...
   local name=$1 limit=$2
