@@ -80,7 +80,8 @@ def _row(um: float, region: np.ndarray, n: int, repeats: int) -> str:
     return (
         f"{um:6.2f} {step * PATCH:8.1f} {t['mint']:7.1f} {t['rgba']:10.1f} {t['rgb']:9.1f} "
         f"{t['rgba'] / t['mint']:10.2f} {np.abs(mine - ref).max():9.3f} "
-        f"{np.abs(theirs - ref).max():9.3f} {np.abs(mine - theirs).max():12.0f}"
+        f"{np.abs(theirs - ref).max():9.3f} {np.abs(mine - theirs).max():12.0f} "
+        f"{'vector' if _resample.vector_path(region.shape[1], PATCH, 3, x, step) else 'plain':>7}"
     )
 
 
@@ -101,7 +102,7 @@ def main() -> None:
     print("us a 224 px RGB patch, one thread; max |error| vs float64 bilinear, noise region")
     print(
         f"{'um/px':>6} {'side px':>8} {'mint':>7} {'warp RGBA':>10} {'warp RGB':>9} "
-        f"{'RGBA/mint':>10} {'err mint':>9} {'err warp':>9} {'|mint-warp|':>12}"
+        f"{'RGBA/mint':>10} {'err mint':>9} {'err warp':>9} {'|mint-warp|':>12} {'path':>7}"
     )
     rng = np.random.default_rng(0)
     warm = rng.integers(0, 256, (400, 400, 3), np.uint8)

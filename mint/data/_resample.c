@@ -222,6 +222,14 @@ __attribute__((target("ssse3"))) static void vrow_ssse3(const int16_t *h0, const
 }
 
 static int have_ssse3(void) { return __builtin_cpu_supports("ssse3"); }
+
+/* The vector path's groups for a row plan: 0 when it serves the plan (`g` filled), 1 when the
+   plain path must (simd off, no SSSE3, or a group spanning more than WINDOW bytes), -1 when out
+   of memory. `g` must start zeroed and be freed by the caller in every case. */
+static int vector_plan(groups_t *g, const axis_t *ax, Py_ssize_t ow, int ch, int simd) {
+    if (!simd || !have_ssse3()) return 1;
+    return plan_groups(g, ax, ow, ch);
+}
 #endif
 
 /* Resample; 0, or -1 when out of memory. */
@@ -237,13 +245,9 @@ static int resample(const uint8_t *src, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t
     if (plan_axis(&ax, ow, sw, ax_, rx, XBITS) || plan_axis(&ay, oh, sh, ay_, ry, YBITS)) goto done;
 #if HAVE_SSSE3
     groups_t g = {0};
-    if (simd && have_ssse3()) {
-        const int r = plan_groups(&g, &ax, ow, ch);
-        if (r < 0) goto done_groups;
-        simd = r == 0;
-    } else {
-        simd = 0;
-    }
+    const int r = vector_plan(&g, &ax, ow, ch, simd);
+    if (r < 0) goto done_groups;
+    simd = r == 0;
     const Py_ssize_t per_row = simd ? g.n * GROUP : nv;
 #else
     simd = 0;
@@ -402,6 +406,33 @@ done:
     return result;
 }
 
+static PyObject *py_vector_path(PyObject *self, PyObject *args) {
+    Py_ssize_t sw, ow;
+    int ch;
+    double x, rx;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "nnidd:vector_path", &sw, &ow, &ch, &x, &rx)) return NULL;
+    if (sw < 1 || ow < 1 || ch < 1 || ch > 4 || !isfinite(x) || !(rx > 0) ||
+        !isfinite(x + (double)ow * rx)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "src_width, out_width >= 1, channels 1-4, x finite, step_x > 0");
+        return NULL;
+    }
+    int serves = 0;
+#if HAVE_SSSE3
+    axis_t ax = {0};
+    groups_t g = {0};
+    int r = plan_axis(&ax, ow, sw, x, rx, XBITS) ? -1 : vector_plan(&g, &ax, ow, ch, 1);
+    free_groups(&g);
+    free_axis(&ax);
+    if (r < 0) return PyErr_NoMemory();
+    serves = r == 0;
+#else
+    (void)x;
+#endif
+    return PyBool_FromLong(serves);
+}
+
 static PyMethodDef methods[] = {
     {"bilinear", (PyCFunction)(void (*)(void))py_bilinear, METH_VARARGS | METH_KEYWORDS,
      "bilinear(src, dst, x, y, step_x, step_y, simd=True) -> dst\n\n"
@@ -410,6 +441,11 @@ static PyMethodDef methods[] = {
      "(x + u * step_x, y + v * step_y), the border repeated outside it. Pixels and samples must "
      "be packed; rows may be apart (views of larger images); src and dst must not overlap. "
      "simd=False takes the plain C path (the same result). Releases the GIL."},
+    {"vector_path", py_vector_path, METH_VARARGS,
+     "vector_path(src_width, out_width, channels, x, step_x) -> bool\n\n"
+     "Whether bilinear() takes the vector path for rows of `out_width` pixels of `channels` "
+     "sampled from a source `src_width` pixels wide at x + u * step_x (the plan it makes; "
+     "False on machines without the vector path, i.e. where SIMD is False)."},
     {NULL, NULL, 0, NULL},
 };
 
