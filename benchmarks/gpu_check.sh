@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One short check for a lent GPU (about 4 minutes on one H100/H200; each part has a timeout so
-# the whole script stays under 7 minutes):
+# One short check for a lent GPU (expected 3-4 minutes on one H100/H200, not yet measured; each
+# part has a timeout (510 s in all), so the whole script ends within 9 minutes):
 #   1. bf16 MINT step vs plain supervised step for ViT-B/16 (batch 64) and ViT-L/16 (batch 32),
 #      full DINOv2-sized settings (2 x 224 + 8 x 96 crops, 65,536 prototypes), random weights
 #      (timm architectures, pretrained=False): images/s and peak memory; ST isolation by the
@@ -42,12 +42,17 @@ fi
   "$PY" -c "import torch, timm; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'timm', timm.__version__, 'gpu', torch.cuda.is_available())"
 } 2>&1 | tee "$OUT/env.txt"
 if ! missing=$("$PY" -c "
-import importlib.util as u
+import importlib
 need = ('torch', 'torchvision', 'timm', 'numpy', 'h5py', 'cv2', 'PIL', 'pandas', 'yaml', 'tqdm',
         'safetensors', 'webdataset', 'braceexpand', 'tensorboard')
-gone = [m for m in need if u.find_spec(m) is None]
+gone = []
+for m in need:
+    try:
+        importlib.import_module(m)
+    except Exception:  # absent, or present but broken (e.g. cv2 without its system libraries)
+        gone.append(m)
 print(' '.join(gone)); raise SystemExit(1 if gone else 0)"); then
-  echo "gpu_check: $PY lacks: $missing (pip install -e . installs all; or pip install them)" | tee "$OUT/summary.txt"
+  echo "gpu_check: $PY cannot import: ${missing:-python itself} (pip install -e . installs all)" | tee "$OUT/summary.txt"
   exit 2
 fi
 
@@ -71,7 +76,7 @@ step vit_b 110 "$PY" benchmarks/train_step.py --backbone timm:vit_base_patch16_2
 step vit_l 100 "$PY" benchmarks/train_step.py --backbone timm:vit_large_patch16_224 $TINY \
   --batch-size "$BL" --steps $((6 - 5 * NS)) --warmup $((2 - NS)) --precision "$PREC" \
   --params '{}' --device "$DEV" --variants mint,mint-mask,plain --json-out "$OUT/vit_l.json"
-step embed 150 "$PY" benchmarks/embed.py --backbone "$EMB" --n "$EN" --batch-size 128 \
+step embed 120 "$PY" benchmarks/embed.py --backbone "$EMB" --n "$EN" --batch-size 128 \
   --num-workers "$EW" --repeats 2 --device "$DEV" --precision "$EPREC"
 
 step toy_shards 40 "$PY" -c "

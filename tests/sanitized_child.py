@@ -46,7 +46,7 @@ def resampler(trials: int) -> int:
         if rng.random() < 0.05:  # far outside: every sample clamped to the border
             x = float(rng.choice([1e300, -1e300, 1e18]))
         dst = np.empty((oh, ow, ch), np.uint8)
-        assert isinstance(_resample.vector_path(w, ow, ch, x, sx), bool)  # plans, frees
+        assert isinstance(_resample.vector_path(w, ow, ch, x, sx), bool)  # plans and frees
         for simd in (True, False):
             _resample.bilinear(src, dst, x, y, sx, sy, simd=simd)
             if abs(x) < 1e6:

@@ -93,10 +93,12 @@ def test_vector_path_is_built_and_used_on_x86():
 
 @pytest.mark.skipif(not _resample.SIMD, reason="no vector path on this machine")
 def test_vector_path_serves_every_call_of_the_slide_reader(monkeypatch):
-    """Every bilinear call wsi.resample makes, for shrink factors 0.3x-12x (whole blocks are
-    averaged first, so the pass itself never shrinks by 2) and 1-4 channels, is served by the
-    vector path (the plan bilinear() makes: `vector_path`). A planner that fell back to the
-    plain path, 7-9x slower, would change no pixel."""
+    """Every bilinear call wsi.resample makes for boxes inside the image, at shrink factors
+    0.3x-12x (whole blocks are averaged first, so the pass itself never shrinks by 2) and 1-4
+    channels, is served by the vector path (the plan bilinear() makes: `vector_path`). A
+    planner that fell back to the plain path, 7-9x slower, would change no pixel. (A box that
+    starts less than one block before the image's far side is not averaged and may take the
+    plain path; a spot's patch never does, its centre being on the slide.)"""
     calls = []
 
     class Recorder:
@@ -123,8 +125,9 @@ def test_vector_path_serves_every_call_of_the_slide_reader(monkeypatch):
         assert _resample.vector_path(sw, ow, ch, x, step), (sw, ow, ch, x, step)
     # the query itself can say no: a row shrunk 4.5x on RGB spans more than the vector window
     assert not _resample.vector_path(3000, 224, 3, 10.3, 4.5)
-    with pytest.raises(ValueError):
-        _resample.vector_path(3000, 224, 5, 10.3, 1.0)
+    for bad in ((3000, 224, 5, 10.3, 1.0), (3000, 2**62, 3, 0.0, 1.0), (0, 224, 3, 0.0, 1.0)):
+        with pytest.raises(ValueError):
+            _resample.vector_path(*bad)  # 2**62 would wrap the size of the plan's tables
 
 
 def test_close_to_opencv_warp():

@@ -412,10 +412,12 @@ static PyObject *py_vector_path(PyObject *self, PyObject *args) {
     double x, rx;
     (void)self;
     if (!PyArg_ParseTuple(args, "nnidd:vector_path", &sw, &ow, &ch, &x, &rx)) return NULL;
-    if (sw < 1 || ow < 1 || ch < 1 || ch > 4 || !isfinite(x) || !(rx > 0) ||
+    /* out_width sizes the plan's tables (bilinear() takes it from a real buffer; here it is a
+       bare number, so it is bounded) */
+    if (sw < 1 || ow < 1 || ow > (1 << 24) || ch < 1 || ch > 4 || !isfinite(x) || !(rx > 0) ||
         !isfinite(x + (double)ow * rx)) {
-        PyErr_SetString(PyExc_ValueError,
-                        "src_width, out_width >= 1, channels 1-4, x finite, step_x > 0");
+        PyErr_SetString(PyExc_ValueError, "src_width >= 1, out_width 1-16777216, channels 1-4, "
+                                          "x finite, step_x > 0");
         return NULL;
     }
     int serves = 0;
