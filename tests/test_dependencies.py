@@ -78,10 +78,7 @@ def test_conda_env_lists_the_same_packages():
     for dep in env:
         for item in dep["pip"] if isinstance(dep, dict) else [dep]:
             name = _dist_name(item)
-            if name not in {
-                "python",
-                "pip",
-                "c-compiler",
-            }:  # c-compiler: builds mint.data._lzw, _resample
+            # c-compiler: builds mint.data._lzw and _resample
+            if name not in {"python", "pip", "c-compiler"}:
                 listed.add(name)
     assert listed == _declared()

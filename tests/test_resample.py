@@ -12,16 +12,13 @@ import sys
 import cv2
 import numpy as np
 import pytest
+from alignment import BILINEAR_BOUND as BOUND
 from alignment import bilinear_exact as exact
 
 from mint.data import wsi as wsi_mod
 
 _resample = pytest.importorskip("mint.data._resample", reason="mint.data._resample is not built")
 
-#: Largest |resampler - float64 bilinear|: 0.5 for rounding to uint8, plus the weights'
-#: quantisation (1/8192 px across, 1/32768 px down) and the intermediate rounding; measured
-#: up to 0.524 on noise.
-BOUND = 0.53
 #: Largest |resampler - OpenCV's warp|. OpenCV 5's warp interpolates at float precision (within
 #: 0.51 of the exact value); older ones quantise positions to 1/32 px, up to ~6 grey levels off
 #: the exact value on noise (much less on tissue, whose neighbours differ little).

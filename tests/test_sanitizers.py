@@ -35,8 +35,9 @@ def _libasan(cc: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def sanitized(tmp_path_factory) -> tuple[Path, str]:
-    """Both extensions built with the sanitizers, and the runtime to preload."""
+def sanitized(tmp_path_factory) -> tuple[Path, list[str], dict[str, str]]:
+    """Both extensions built with the sanitizers, and how to start a Python that loads them:
+    the command prefix and the environment."""
     cc = shutil.which("gcc")
     if cc is None or sys.platform != "linux":
         pytest.skip("needs gcc on Linux")
@@ -44,10 +45,10 @@ def sanitized(tmp_path_factory) -> tuple[Path, str]:
     include = sysconfig.get_paths()["include"]
     if not libasan or not Path(include, "Python.h").is_file():
         pytest.skip("no libasan or no Python.h")
+    prefix, env = _no_aslr(), _sanitizer_env(libasan)
     try:
-        probe = subprocess.run([*_no_aslr(), sys.executable, "-c", "pass"],
-                               env=_sanitizer_env(libasan), capture_output=True, text=True,
-                               timeout=60)  # fmt: skip
+        probe = subprocess.run([*prefix, sys.executable, "-c", "pass"], env=env,
+                               capture_output=True, text=True, timeout=60)  # fmt: skip
     except subprocess.TimeoutExpired:
         pytest.skip("ASan hangs starting a Python here")
     if probe.returncode != 0:  # e.g. a kernel whose address layout gcc's ASan cannot shadow
@@ -57,7 +58,7 @@ def sanitized(tmp_path_factory) -> tuple[Path, str]:
     for name in ("_lzw", "_resample"):
         subprocess.run([cc, *CFLAGS, f"-I{include}", str(SOURCES / f"{name}.c"),
                         "-o", str(out / f"{name}{suffix}"), "-lm"], check=True)  # fmt: skip
-    return out, libasan
+    return out, prefix, env
 
 
 def _no_aslr() -> list[str]:
@@ -85,20 +86,15 @@ def _sanitizer_env(libasan: str) -> dict[str, str]:
     )
 
 
-def _run_child(build: Path, libasan: str, trials: int) -> subprocess.CompletedProcess:
-    cmd = [*_no_aslr(), sys.executable, str(HERE / "sanitized_child.py"), str(build), str(trials)]
-    return subprocess.run(cmd, env=_sanitizer_env(libasan), capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
-
-
 #: a stack frame of a sanitizer report in mint's C code ("    #3 0x... in plan_groups
 #: .../_resample.c:144" or, unsymbolised, "(.../_resample.cpython-311-x86_64-linux-gnu.so+0x...)")
 OUR_FRAME = re.compile(r"^\s*#\d+ .*(_resample|_lzw)[.c]", re.M)
 
 
 def test_no_out_of_bounds_access_leak_or_undefined_behaviour(sanitized):
-    build, libasan = sanitized
-    done = _run_child(build, libasan, trials=3000)
+    build, prefix, env = sanitized
+    cmd = [*prefix, sys.executable, str(HERE / "sanitized_child.py"), str(build), "3000"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     report = (done.stdout + done.stderr)[-4000:]
     assert done.returncode == 0, report
     assert "resampler calls checked:" in done.stdout, report
